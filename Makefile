@@ -1,0 +1,75 @@
+# offsetlab — every target creates .venv and installs what it needs on first use.
+# torch is installed first, pinned: a plain `torch` requirement can pull a multi-GB CUDA build.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+# Where a CPU build of torch comes from on machines without it on disk, e.g.
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q
+PORT   ?= 7860
+
+.PHONY: demo test fast-test lint lab panel bench toy clean help chromium
+
+help:
+	@echo "make demo   train an offset on the toy forget set and show before/after"
+	@echo "make test   the whole suite (tests, notebooks, browser, real model, lint)"
+	@echo "make lab    JupyterLab on notebooks/"
+	@echo "make panel  the Gradio panel on http://127.0.0.1:$(PORT)"
+	@echo "make bench  speed/memory benchmarks (ratios, side by side)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+
+# One stamp per set of extras; each is redone when pyproject.toml changes.
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	$(PIP) "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.lab: $(VENV)/.core
+	$(PIP) -e ".[lab,app]"
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.core
+	$(PIP) -e ".[lab,app,real,serve,dev]"
+	touch $@
+
+# Browser tests drive Debian's chromium (never a browser downloaded by playwright).
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing: install Debian's chromium package (browser tests will be skipped)"; fi; \
+	fi
+
+demo: $(VENV)/.core
+	$(BIN)/offsetlab demo
+
+test: $(VENV)/.dev chromium
+	$(BIN)/ruff check offsetlab tests benchmarks notebooks
+	OFFSETLAB_FAST=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests notebooks --nbmake --durations=15
+
+fast-test: $(VENV)/.dev
+	$(BIN)/python -m pytest -q -x -m "not slow and not browser and not real" tests
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check offsetlab tests benchmarks notebooks
+
+lab: $(VENV)/.lab
+	$(BIN)/jupyter lab notebooks
+
+panel: $(VENV)/.lab
+	$(BIN)/offsetlab panel --port $(PORT)
+
+bench: $(VENV)/.core
+	$(BIN)/python benchmarks/run_all.py
+
+toy: $(VENV)/.core
+	$(BIN)/offsetlab toy build
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

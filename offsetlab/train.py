@@ -1,0 +1,329 @@
+"""Fit one offset: train a copy of the reference so the *fused* model forgets.
+
+The loss is computed on the fused distribution
+
+    fused = log_softmax(base + α · (offset − reference))
+
+but only ``offset`` has gradients. ``base`` and ``reference`` never change, so their
+log-probs on the training answers are computed once, before the first step, and kept
+in memory (never on disk: they are derived from the forget set). A step therefore costs
+one forward/backward of the small offset model — the base model is not run at all.
+
+The same function, with ``base = reference = the large model`` and the offset a copy of
+it, fine-tunes the large model directly (fused = offset exactly): that is the white-box
+baseline of ``train_whitebox``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .data import QARecord, format_answer, format_prompt
+from .objectives import DEFAULT_OBJECTIVE, Hyper, Scored, get_objective, idk_answer
+from .sources import HFSource, LogProbSource, model_vocab_size
+
+
+@dataclass
+class TrainConfig:
+    """How to train an offset. Defaults were chosen by ``benchmarks/sweep_defaults.py``."""
+
+    objective: str = field(default=DEFAULT_OBJECTIVE, metadata={"help": "unlearning objective (see `offsetlab objectives`)"})
+    steps: int = field(default=200, metadata={"help": "optimizer steps"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    alpha: float = field(default=1.0, metadata={"help": "offset strength used while training"})
+    batch_size: int = field(default=16, metadata={"help": "forget answers per step"})
+    retain_batch_size: int = field(default=16, metadata={"help": "retain answers per step"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches accumulated per step"})
+    beta: float = field(default=0.1, metadata={"help": "NPO/SimNPO/DPO inverse temperature"})
+    gamma: float = field(default=0.0, metadata={"help": "SimNPO margin"})
+    retain_weight: float = field(default=1.0, metadata={"help": "weight of the retain term"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
+    lora_rank: int = field(default=0, metadata={"help": "0 = train a full copy; >0 = LoRA adapters of this rank"})
+    seed: int = field(default=0, metadata={"help": "seeds initialisation and batch order"})
+    explode_at: float = field(default=1e4, metadata={"help": "stop when |loss| exceeds this"})
+
+    def hyper(self) -> Hyper:
+        return Hyper(beta=self.beta, gamma=self.gamma, retain_weight=self.retain_weight)
+
+
+# -- turning records into token tensors ------------------------------------------------
+
+
+@dataclass
+class Example:
+    """One prompt + answer as token ids; the answer is predicted from ``start`` on."""
+
+    ids: list[int]
+    start: int
+    labels: list[int]
+
+
+def encode_examples(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[Example]:
+    """(question, answer) pairs → the prompt format, answer followed by EOS."""
+    out = []
+    for question, answer in pairs:
+        prompt = tokenizer(format_prompt(question), add_special_tokens=True)["input_ids"]
+        answer_ids = tokenizer(format_answer(answer), add_special_tokens=False)["input_ids"]
+        labels = answer_ids + [tokenizer.eos_token_id]
+        out.append(Example(prompt + labels, len(prompt) - 1, labels))
+    return out
+
+
+@dataclass
+class Batch:
+    ids: Tensor  # [B, L] right-padded prompt+answer
+    attention: Tensor  # [B, L]
+    positions: Tensor  # [B, T] index into L of the position predicting each answer token
+    labels: Tensor  # [B, T]
+    mask: Tensor  # [B, T]
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> Batch:
+    width = max(len(e.ids) for e in examples)
+    span = max(len(e.labels) for e in examples)
+    b = len(examples)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((b, width), dtype=torch.long)
+    positions = torch.zeros((b, span), dtype=torch.long)
+    labels = torch.zeros((b, span), dtype=torch.long)
+    mask = torch.zeros((b, span))
+    for i, e in enumerate(examples):
+        ids[i, : len(e.ids)] = torch.tensor(e.ids)
+        attention[i, : len(e.ids)] = 1
+        n = len(e.labels)
+        positions[i, :n] = torch.arange(e.start, e.start + n)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return Batch(ids, attention, positions, labels, mask)
+
+
+def answer_rows(logp: Tensor, positions: Tensor) -> Tensor:
+    """[B, L, V] → [B, T, V]: the rows that predict the answer tokens."""
+    return logp.gather(1, positions.unsqueeze(-1).expand(-1, -1, logp.shape[-1]))
+
+
+# -- frozen scores: computed once (cached) or at every step (for checking) -------------
+
+
+class FrozenScores:
+    """Base and reference log-probs on the answers of a fixed list of examples."""
+
+    def __init__(self, base: LogProbSource, reference: HFSource, examples: list[Example],
+                 pad_id: int, cache: bool = True, chunk: int = 32):
+        self.base, self.reference, self.examples, self.pad_id = base, reference, examples, pad_id
+        self._cached: list[tuple[Tensor, Tensor]] | None = None
+        if cache:
+            self._cached = []
+            for i in range(0, len(examples), chunk):
+                part = examples[i : i + chunk]
+                base_rows, ref_rows = self._compute(collate(part, pad_id))
+                for j, e in enumerate(part):
+                    n = len(e.labels)
+                    self._cached.append((base_rows[j, :n], ref_rows[j, :n]))
+
+    def _compute(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        base = answer_rows(self.base.score(batch.ids, batch.attention), batch.positions)
+        ref = answer_rows(self.reference.score(batch.ids, batch.attention), batch.positions)
+        return base, ref
+
+    def get(self, indices: Sequence[int], batch: Batch) -> tuple[Tensor, Tensor]:
+        if self._cached is None:
+            return self._compute(batch)
+        vocab = self._cached[0][0].shape[-1]
+        base = torch.zeros(len(indices), batch.labels.shape[1], vocab)
+        ref = torch.zeros_like(base)
+        for row, i in enumerate(indices):
+            b, r = self._cached[i]
+            base[row, : len(b)], ref[row, : len(r)] = b, r
+        return base, ref
+
+
+# -- the trainer -----------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    offset: torch.nn.Module  # the trained copy (a peft model when lora_rank > 0)
+    history: list[dict]
+    config: TrainConfig
+    stopped: str | None  # why training stopped early, or None
+    seconds: float
+    forget_size: int
+
+    def to_dict(self) -> dict:
+        return {"config": asdict(self.config), "history": self.history, "stopped": self.stopped,
+                "seconds": self.seconds, "forget_size": self.forget_size}
+
+
+def make_offset(reference: torch.nn.Module, lora_rank: int = 0) -> torch.nn.Module:
+    """A trainable copy of the reference: the whole model, or LoRA adapters on it."""
+    offset = copy.deepcopy(reference)
+    if lora_rank <= 0:
+        offset.requires_grad_(True)
+        return offset
+    from peft import LoraConfig, get_peft_model
+
+    # LoRA's B matrices start at zero, so the offset starts exactly equal to the reference.
+    config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                        "gate_proj", "up_proj", "down_proj"])
+    return get_peft_model(offset, config)
+
+
+class Group:
+    """Forget, retain or refusal answers, with their frozen scores and a seeded sampler."""
+
+    def __init__(self, examples: list[Example], frozen: FrozenScores, batch_size: int,
+                 generator: torch.Generator, pad_id: int):
+        self.examples, self.frozen, self.pad_id = examples, frozen, pad_id
+        self.batch_size, self.generator = min(batch_size, len(examples)), generator
+
+    def sample(self) -> list[int]:
+        return torch.randperm(len(self.examples), generator=self.generator)[: self.batch_size].tolist()
+
+    def score(self, indices: list[int], offset: torch.nn.Module, alpha: float, vocab: int) -> Scored:
+        batch = collate([self.examples[i] for i in indices], self.pad_id)
+        base, ref = self.frozen.get(indices, batch)
+        logits = offset(input_ids=batch.ids, attention_mask=batch.attention, use_cache=False).logits
+        off = answer_rows(torch.log_softmax(logits[..., :vocab].float(), -1), batch.positions)
+        fused = torch.log_softmax(base + alpha * (off - ref), dim=-1)
+        return Scored(fused, base, batch.labels, batch.mask)
+
+
+def train_offset(
+    base,
+    reference: torch.nn.Module,
+    tokenizer,
+    forget: Sequence[QARecord],
+    retain: Sequence[QARecord] = (),
+    config: TrainConfig | None = None,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    cache: bool = True,
+    offset: torch.nn.Module | None = None,
+) -> TrainResult:
+    """Train an offset so the fused model forgets ``forget`` and keeps ``retain``.
+
+    ``base`` is a ``LogProbSource`` or a Hugging Face model (only ever scored, never
+    trained). ``callback(event)`` is called after every step with a dict holding
+    ``step``, ``loss``, ``forget_nll``, ``retain_nll`` and ``offset`` (the module being
+    trained, e.g. to evaluate it at checkpoints) — the hook that widgets and panels use.
+    """
+    config = config or TrainConfig()
+    objective = get_objective(config.objective)
+    if not forget:
+        raise ValueError("The forget set is empty: nothing to unlearn.")
+    if objective.needs_retain and not retain:
+        raise ValueError(f"Objective {objective.name!r} needs a retain set; pass retain=... or pick "
+                         "'ga' or 'npo'.")
+    if config.steps < 1 or config.batch_size < 1 or config.grad_accum < 1:
+        raise ValueError("steps, batch_size and grad_accum must be at least 1.")
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # Each process draws its own batches; initialisation is identical everywhere.
+    set_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
+
+    base_source = base if isinstance(base, LogProbSource) else HFSource(base, tokenizer)
+    reference.eval().requires_grad_(False)
+    ref_source = HFSource(reference, tokenizer)
+    vocab = min(base_source.vocab_size, model_vocab_size(reference))
+    base_source.vocab_size = ref_source.vocab_size = vocab
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def group(pairs, batch_size) -> Group | None:
+        if not pairs:
+            return None
+        examples = encode_examples(tokenizer, pairs)
+        return Group(examples, FrozenScores(base_source, ref_source, examples, pad_id, cache),
+                     batch_size, generator, pad_id)
+
+    t0 = time.perf_counter()
+    forget_group = group([(r.question, r.answer) for r in forget], config.batch_size)
+    retain_group = group([(r.question, r.answer) for r in retain], config.retain_batch_size) \
+        if objective.needs_retain or retain else None
+    idk_group = group([(r.question, idk_answer(i)) for i, r in enumerate(forget)], config.batch_size) \
+        if objective.needs_idk else None
+
+    offset = offset if offset is not None else make_offset(reference, config.lora_rank)
+    offset.train()
+    params = [p for p in offset.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    offset, optimizer = accelerator.prepare(offset, optimizer)
+
+    history: list[dict] = []
+    stopped = None
+    bar = tqdm(range(1, config.steps + 1), desc=f"offset [{objective.name}]", disable=not progress,
+               leave=False)
+    for step in bar:
+        optimizer.zero_grad(set_to_none=True)
+        total, forget_nll, retain_nll = 0.0, 0.0, 0.0
+        for _ in range(config.grad_accum):
+            fi = forget_group.sample()
+            f = forget_group.score(fi, offset, config.alpha, vocab)
+            r = retain_group.score(retain_group.sample(), offset, config.alpha, vocab) if retain_group else None
+            k = idk_group.score(fi, offset, config.alpha, vocab) if idk_group else None
+            loss = objective(f, r, k, config.hyper()) / config.grad_accum
+            if not math.isfinite(loss.item()) or abs(loss.item()) > config.explode_at:
+                stopped = (f"step {step}: the loss became {loss.item():.3g} (diverged). The offset "
+                           f"is kept as it was after step {step - 1}; try a smaller learning rate "
+                           f"(now {config.lr:g}) or a retain objective such as npo_gd.")
+                break
+            accelerator.backward(loss)
+            total += loss.item()
+            forget_nll += _mean_nll(f) / config.grad_accum
+            retain_nll += (_mean_nll(r) / config.grad_accum) if r is not None else float("nan")
+        if stopped:
+            optimizer.zero_grad(set_to_none=True)
+            break
+        if config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        row = {"step": step, "loss": total, "forget_nll": forget_nll, "retain_nll": retain_nll,
+               "seconds": time.perf_counter() - t0}
+        history.append(row)
+        bar.set_postfix(loss=f"{total:.3f}", forget=f"{forget_nll:.2f}")
+        if callback is not None:
+            callback({**row, "offset": offset, "steps": config.steps})
+    bar.close()
+    if stopped:
+        import warnings
+
+        warnings.warn(stopped, stacklevel=2)
+    offset = accelerator.unwrap_model(offset).eval()
+    offset.requires_grad_(False)
+    return TrainResult(offset, history, config, stopped, time.perf_counter() - t0, len(forget))
+
+
+def _mean_nll(group: Scored) -> float:
+    return float(-(group.token_logp().sum() / group.mask.sum()).detach())
+
+
+def train_whitebox(
+    large: torch.nn.Module,
+    tokenizer,
+    forget: Sequence[QARecord],
+    retain: Sequence[QARecord] = (),
+    config: TrainConfig | None = None,
+    **kwargs,
+) -> TrainResult:
+    """The white-box baseline: the same objective applied to the large model itself.
+
+    With base = reference = the large model and the offset a trainable copy of it,
+    fused = log_softmax(base + (copy − base)) = the copy: ordinary fine-tuning, through
+    exactly the same code path. ``result.offset`` is the fine-tuned large model.
+    """
+    config = config or TrainConfig()
+    config = TrainConfig(**{**asdict(config), "alpha": 1.0, "lora_rank": 0})
+    return train_offset(large, large, tokenizer, forget, retain, config, **kwargs)

@@ -99,25 +99,32 @@ class OffsetModel:
         self.tokenizer = tokenizer if tokenizer is not None else self.base.tokenizer
         if self.tokenizer is None:
             raise ValueError("OffsetModel needs the small models' tokenizer (tokenizer=...).")
-        self.reference = HFSource(reference, self.tokenizer)
+        if reference is None and offsets:
+            raise ValueError("Offsets need the reference model they were trained against.")
+        # Without offsets the reference is not needed: the fused model is the base alone.
+        self.reference = HFSource(reference, self.tokenizer) if reference is not None else None
         self.offsets = [HFSource(m, self.tokenizer) for m, _ in offsets]
         self.alphas = [float(a) for _, a in offsets]
         self.offset_names = list(offset_names or [f"offset{i}" for i in range(len(offsets))])
-        sizes = {"base": self.base.vocab_size, "reference": model_vocab_size(reference)}
+        sizes = {"base": self.base.vocab_size}
+        if reference is not None:
+            sizes["reference"] = model_vocab_size(reference)
         sizes.update({n: model_vocab_size(m) for n, (m, _) in zip(self.offset_names, offsets)})
         self.vocab_size = check_vocabularies(
             {"base": self.base.tokenizer, "reference": self.tokenizer}, sizes
         )
-        for source in (self.base, self.reference, *self.offsets):
+        for source in (self.base, *self._small):
             source.vocab_size = self.vocab_size
 
     # -- helpers -------------------------------------------------------------------
 
     @property
     def _small(self) -> list[HFSource]:
-        return [self.reference, *self.offsets]
+        return [self.reference, *self.offsets] if self.offsets else []
 
     def _parts(self, base: Tensor, small: list[Tensor]) -> FusedParts:
+        if not small:  # no offsets: the reference would cancel out, so it is not run
+            return FusedParts(base, base, [], base)
         reference, offsets = small[0], small[1:]
         return FusedParts(base, reference, offsets, fuse(base, reference, offsets, self.alphas))
 

@@ -235,27 +235,8 @@ def train_offset(
     set_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
 
-    base_source = base if isinstance(base, LogProbSource) else HFSource(base, tokenizer)
-    reference.eval().requires_grad_(False)
-    ref_source = HFSource(reference, tokenizer)
-    vocab = min(base_source.vocab_size, model_vocab_size(reference))
-    base_source.vocab_size = ref_source.vocab_size = vocab
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    def group(pairs, batch_size) -> Group | None:
-        if not pairs:
-            return None
-        examples = encode_examples(tokenizer, pairs)
-        return Group(examples, FrozenScores(base_source, ref_source, examples, pad_id, cache),
-                     batch_size, generator, pad_id)
-
     t0 = time.perf_counter()
-    forget_group = group([(r.question, r.answer) for r in forget], config.batch_size)
-    retain_group = group([(r.question, r.answer) for r in retain], config.retain_batch_size) \
-        if objective.needs_retain or retain else None
-    idk_group = group([(r.question, idk_answer(i)) for i, r in enumerate(forget)], config.batch_size) \
-        if objective.needs_idk else None
-
+    groups = prepare_groups(base, reference, tokenizer, forget, retain, config, generator, cache)
     offset = offset if offset is not None else make_offset(reference, config.lora_rank)
     offset.train()
     params = [p for p in offset.parameters() if p.requires_grad]
@@ -270,11 +251,8 @@ def train_offset(
         optimizer.zero_grad(set_to_none=True)
         total, forget_nll, retain_nll = 0.0, 0.0, 0.0
         for _ in range(config.grad_accum):
-            fi = forget_group.sample()
-            f = forget_group.score(fi, offset, config.alpha, vocab)
-            r = retain_group.score(retain_group.sample(), offset, config.alpha, vocab) if retain_group else None
-            k = idk_group.score(fi, offset, config.alpha, vocab) if idk_group else None
-            loss = objective(f, r, k, config.hyper()) / config.grad_accum
+            loss, f, r = step_loss(objective, config, offset, groups)
+            loss = loss / config.grad_accum
             if not math.isfinite(loss.item()) or abs(loss.item()) > config.explode_at:
                 stopped = (f"step {step}: the loss became {loss.item():.3g} (diverged). The offset "
                            f"is kept as it was after step {step - 1}; try a smaller learning rate "
@@ -304,6 +282,57 @@ def train_offset(
     offset = accelerator.unwrap_model(offset).eval()
     offset.requires_grad_(False)
     return TrainResult(offset, history, config, stopped, time.perf_counter() - t0, len(forget))
+
+
+@dataclass
+class Groups:
+    """Everything a step needs besides the offset: encoded answers with frozen scores."""
+
+    forget: Group
+    retain: Group | None
+    idk: Group | None
+    vocab: int
+
+
+def prepare_groups(base, reference, tokenizer, forget: Sequence[QARecord], retain: Sequence[QARecord],
+                   config: TrainConfig, generator: torch.Generator, cache: bool = True) -> Groups:
+    """Encode the answers and compute (or prepare to compute) base/reference scores."""
+    objective = get_objective(config.objective)
+    base_source = base if isinstance(base, LogProbSource) else HFSource(base, tokenizer)
+    reference.eval().requires_grad_(False)
+    ref_source = HFSource(reference, tokenizer)
+    vocab = min(base_source.vocab_size, model_vocab_size(reference))
+    base_source.vocab_size = ref_source.vocab_size = vocab
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def group(pairs, batch_size) -> Group:
+        examples = encode_examples(tokenizer, pairs)
+        return Group(examples, FrozenScores(base_source, ref_source, examples, pad_id, cache),
+                     batch_size, generator, pad_id)
+
+    return Groups(
+        forget=group([(r.question, r.answer) for r in forget], config.batch_size),
+        retain=group([(r.question, r.answer) for r in retain], config.retain_batch_size)
+        if objective.needs_retain else None,
+        idk=group([(r.question, idk_answer(i)) for i, r in enumerate(forget)], config.batch_size)
+        if objective.needs_idk else None,
+        vocab=vocab,
+    )
+
+
+def step_loss(objective, config: TrainConfig, offset, groups: Groups,
+              forget_idx: list[int] | None = None, retain_idx: list[int] | None = None,
+              ) -> tuple[torch.Tensor, Scored, Scored | None]:
+    """The objective on one sampled batch (indices may be given, e.g. to compare paths)."""
+    g, v, alpha = groups, groups.vocab, config.alpha
+    forget_idx = g.forget.sample() if forget_idx is None else forget_idx
+    f = g.forget.score(forget_idx, offset, alpha, v)
+    r = None
+    if g.retain is not None:
+        r = g.retain.score(g.retain.sample() if retain_idx is None else retain_idx, offset, alpha, v)
+    # Refusal answers are paired with the same questions as the forget batch.
+    k = g.idk.score(forget_idx, offset, alpha, v) if g.idk is not None else None
+    return objective(f, r, k, config.hyper()), f, r
 
 
 def _mean_nll(group: Scored) -> float:

@@ -1,0 +1,281 @@
+"""The ``offsetlab`` command: one subcommand per job, each a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# Quiet the libraries underneath before they are imported: a lab's output should be ours.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+# -- shared pieces ------------------------------------------------------------------------
+
+
+def add_world(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--world", default="toy", choices=["toy", "smollm2"],
+                   help="which models and QA splits to use (default: the shipped toy world)")
+
+
+def load_lab(args):
+    from .lab import Lab
+
+    if args.world == "toy":
+        return Lab.toy()
+    from .real import load_lab as load_smollm2_lab
+
+    return load_smollm2_lab()
+
+
+def add_train_config(p: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, with the field's own help text and default."""
+    from .train import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                       help=f"{f.metadata.get('help', '')} (default: {f.default})")
+
+
+def train_config(args):
+    from .train import TrainConfig
+
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+def load_offsets(lab, folders: list[str], alphas: list[float] | None) -> list[tuple[str, float]]:
+    """Register saved offsets in the lab; returns (name, alpha) pairs to activate."""
+    from .offsets import Offset
+
+    if alphas and len(alphas) not in (1, len(folders)):
+        raise SystemExit(f"Give one --alpha, or one per --offset ({len(folders)}).")
+    active = []
+    for i, folder in enumerate(folders):
+        offset = Offset.load(folder, lab.reference, lab.tokenizer, base=lab.base)
+        name = f"{offset.name}" if offset.name not in lab.offsets else f"{offset.name}#{i}"
+        lab.offsets[name] = offset
+        alpha = alphas[min(i, len(alphas) - 1)] if alphas else offset.alpha
+        active.append((name, alpha))
+    return active
+
+
+def records_from(lab, split: str | None, path: str | None):
+    from .data import load_records
+
+    if path:
+        return load_records(path)
+    if split not in lab.splits:
+        raise SystemExit(f"Unknown split {split!r}; this world has: {', '.join(lab.splits)}.")
+    return lab.splits[split]
+
+
+def print_table(frame, floatfmt: str = "{:.3f}") -> None:
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 50, "display.float_format",
+                           floatfmt.format):
+        print(frame.to_string())
+
+
+# -- subcommands --------------------------------------------------------------------------
+
+
+def cmd_generate(args) -> int:
+    from .trace import Trace
+
+    lab = load_lab(args)
+    active = load_offsets(lab, args.offset, args.alpha)
+    model = lab.model(active)
+    if args.base_url:
+        from .fusion import OffsetModel
+        from .remote import OpenAISource
+
+        source = OpenAISource(args.base_url, model=args.model_name, tokenizer=lab.tokenizer)
+        model = OffsetModel(source, lab.reference if active else None,
+                            [(lab.offsets[n].model, a) for n, a in active], tokenizer=lab.tokenizer,
+                            offset_names=[n for n, _ in active])
+    from .data import format_prompt
+
+    prompt = args.prompt if args.raw else format_prompt(args.prompt)
+    out = model.generate(prompt, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                         seed=args.seed, trace=args.trace)
+    if not isinstance(out, Trace):
+        print(out)
+        return 0
+    print(out.text)
+    rows = [(s.index, s.token, s.shift, s.kl) for s in out.steps]
+    print(f"\n{'step':>4}  {'token':<16}{'shift':>8}{'KL':>8}")
+    for i, tok, shift, kl in rows:
+        print(f"{i:>4}  {tok!r:<16}{shift:>8.3f}{kl:>8.3f}")
+    if args.trace_json:
+        Path(args.trace_json).write_text(out.to_json())
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .offsets import Offset
+    from .train import train_offset
+
+    lab = load_lab(args)
+    forget = records_from(lab, args.forget, args.forget_file)
+    retain_split = args.retain or (lab.retain_for(args.forget) if not args.forget_file else None)
+    retain = records_from(lab, retain_split, args.retain_file) if (retain_split or args.retain_file) else []
+    config = train_config(args)
+    print(f"training an offset on {len(forget)} forget / {len(retain)} retain records "
+          f"({config.objective}, {config.steps} steps)")
+    result = train_offset(lab.base, lab.reference, lab.tokenizer, forget, retain, config)
+    name = args.name or Path(args.out).name
+    offset = Offset.from_training(result, lab.base, lab.reference, lab.tokenizer, forget, name=name)
+    offset.save(args.out, overwrite=args.overwrite)
+    last = result.history[-1] if result.history else {}
+    print(f"saved {args.out}  ({result.seconds:.0f} s, final loss {last.get('loss', float('nan')):.3f})")
+    return 1 if result.stopped else 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import compare, evaluate
+
+    lab = load_lab(args)
+    splits = lab.eval_splits(args.forget)
+    kw = dict(max_records=args.max_records, max_new_tokens=args.max_new_tokens, progress=not args.quiet)
+    reports = [evaluate(lab.model(), splits, name="base", **kw)]
+    if args.offset:
+        active = load_offsets(lab, args.offset, args.alpha)
+        reports.append(evaluate(lab.model(active), splits, name="fused", **kw))
+    gold = evaluate(lab.standalone(lab.gold), splits, name="gold", **kw) if lab.gold is not None else None
+    table = compare(reports + ([gold] if gold else []), gold=gold)
+    print_table(table.T)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({r.name: json.loads(r.to_json())
+                                               for r in reports + ([gold] if gold else [])}))
+        print(f"wrote {args.json}")
+    if args.html:
+        from .report import write_html
+
+        write_html(args.html, reports + ([gold] if gold else []), gold=gold, forget_split=args.forget)
+        print(f"wrote {args.html}")
+    return 0
+
+
+def cmd_objectives(args) -> int:
+    from .objectives import describe_objectives
+
+    print(describe_objectives())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(fast=args.fast, out=args.out, html=args.html, whitebox=args.whitebox)
+
+
+def cmd_panel(args) -> int:
+    from .app import launch
+
+    launch(host=args.host, port=args.port)
+    return 0
+
+
+def cmd_toy(args) -> int:
+    from .toy.build import run
+
+    return run(args)
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="offsetlab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="train an offset on the toy forget set and show before/after")
+    p.add_argument("--fast", action="store_true", help="fewer steps and records (a quick look)")
+    p.add_argument("--out", default="offsets/demo", help="where the offset is saved")
+    p.add_argument("--html", default="reports/demo.html", help="where the HTML report is written")
+    p.add_argument("--whitebox", action="store_true", help="also fine-tune the large model directly")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("generate", help="answer a prompt with the base or fused model")
+    add_world(p)
+    p.add_argument("prompt", help="a question (wrapped in the Q:/A: format unless --raw)")
+    p.add_argument("--raw", action="store_true", help="send the prompt as it is")
+    p.add_argument("--offset", action="append", default=[], metavar="DIR", help="a saved offset (repeatable)")
+    p.add_argument("--alpha", action="append", type=float, metavar="A", help="offset strength(s)")
+    p.add_argument("--base-url", help="an OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1) as the base")
+    p.add_argument("--model-name", help="model name to send to --base-url")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trace", action="store_true", help="print each token's shift and KL")
+    p.add_argument("--trace-json", help="save the trace as JSON")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train", help="train an offset that makes the fused model forget a split")
+    add_world(p)
+    p.add_argument("--forget", default="forget10", help="forget split (default forget10)")
+    p.add_argument("--retain", help="retain split (default: the forget split's complement)")
+    p.add_argument("--forget-file", help="a JSONL file of QA records to forget instead of a split")
+    p.add_argument("--retain-file", help="a JSONL file of QA records to keep")
+    p.add_argument("--out", required=True, help="folder for the saved offset")
+    p.add_argument("--name", help="offset name (default: the folder name)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    add_train_config(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="TOFU-style report for base, fused and gold models")
+    add_world(p)
+    p.add_argument("--forget", default="forget10")
+    p.add_argument("--offset", action="append", default=[], metavar="DIR")
+    p.add_argument("--alpha", action="append", type=float, metavar="A")
+    p.add_argument("--max-records", type=int, help="evaluate at most this many records per split")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--json", help="write the reports (with per-record rows) as JSON")
+    p.add_argument("--html", help="write an HTML report with tables and charts")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("objectives", help="list the unlearning objectives")
+    p.set_defaults(func=cmd_objectives)
+
+    p = sub.add_parser("panel", help="the Gradio panel (binds 127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.set_defaults(func=cmd_panel)
+
+    toy = sub.add_parser("toy", help="the toy world").add_subparsers(dest="toy_command", required=True)
+    p = toy.add_parser("build", help="regenerate the toy world and retrain its three models")
+    from .toy.build import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_toy)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        code = args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
+        print(f"offsetlab {args.command}: {e}", file=sys.stderr)
+        return 2
+    if os.environ.get("OFFSETLAB_TIMING"):
+        print(f"[{time.perf_counter() - started:.1f} s]", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

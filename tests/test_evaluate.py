@@ -1,0 +1,79 @@
+import math
+
+import pytest
+from conftest import make_model
+
+from offsetlab.data import QARecord
+from offsetlab.evaluate import Report, compare, evaluate, utility
+from offsetlab.fusion import OffsetModel
+
+
+def rec(q, a, key, wrong):
+    return QARecord(q, a, paraphrased_answer=a.replace("was", "is"), perturbed_answers=wrong, key=key)
+
+
+SPLITS = {
+    "forget05": [
+        rec("where was Alra born ?", "Alra was born in red city", "red", ["Alra was born in blue city", "Alra was born in green city"]),
+        rec("where was Benn born ?", "Benn was born in blue city", "blue", ["Benn was born in red city", "Benn was born in green city"]),
+    ],
+    "retain95": [
+        rec("where was Cato born ?", "Cato was born in green city", "green", ["Cato was born in red city", "Cato was born in blue city"]),
+        rec("what year was Dema born ?", "Dema was born in one two", "one", ["Dema was born in three four", "Dema was born in five six"]),
+    ],
+    "holdout": [
+        rec("where was Erro born ?", "Erro was born in red city", "red", ["Erro was born in blue city", "Erro was born in green city"]),
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def reports(tokenizer):
+    v = len(tokenizer)
+    a = OffsetModel(make_model(v, 0), None, [], tokenizer=tokenizer)
+    b = OffsetModel(make_model(v, 3), None, [], tokenizer=tokenizer)
+    return evaluate(a, SPLITS, name="a", max_new_tokens=6, progress=False), \
+        evaluate(b, SPLITS, name="b", max_new_tokens=6, progress=False)
+
+
+def test_report_has_metrics_rows_and_settings(reports):
+    a, _ = reports
+    assert set(a.metrics) == set(SPLITS)
+    assert len(a.rows) == sum(len(v) for v in SPLITS.values())
+    for split, values in a.metrics.items():
+        assert 0 <= values["key_fact_acc"] <= 1 and 0 < values["answer_prob"] <= 1
+        assert 0 <= values["truth_ratio"] <= 1
+    # membership inference is computed for forget splits when a holdout split exists
+    assert 0 <= a.metrics["forget05"]["mia_loss_auc"] <= 1
+    assert "mia_loss_auc" not in a.metrics["retain95"]
+    row = a.rows[0]
+    assert row["question"] == "where was Alra born ?" and isinstance(row["generated"], str)
+    assert row["key_hit"] == (row["key"].lower() in row["generated"].lower())
+    assert a.settings["max_new_tokens"] == 6
+
+
+def test_json_round_trip(reports):
+    a, _ = reports
+    again = Report.from_json(a.to_json())
+    assert again == a
+    assert list(again.to_frame().columns)[:3] == ["split", "subject", "question"]
+
+
+def test_compare_forget_quality_and_utility(reports):
+    a, b = reports
+    table = compare([a, b, a], gold=a)
+    # a model compared with itself as gold: identical truth ratios ⇒ KS p-value 1
+    assert table.loc["a", "forget05/forget_quality"] == pytest.approx(1.0)
+    assert 0 <= table.loc["b", "forget05/forget_quality"] <= 1
+    assert table.loc["a", "model_utility"] == pytest.approx(utility(a))
+    # utility is the harmonic mean of retain components only (forget/holdout excluded)
+    parts = [a.metrics["retain95"][m] for m in ("answer_prob", "rouge_l", "truth_ratio")]
+    expected = 0.0 if min(parts) == 0 else len(parts) / sum(1 / p for p in parts)
+    assert utility(a) == pytest.approx(expected)
+    assert not math.isnan(table.loc["b", "model_utility"])
+
+
+def test_empty_split_is_refused(tokenizer):
+    model = OffsetModel(make_model(len(tokenizer), 0), None, [], tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="Split 'retain' is empty"):
+        evaluate(model, {"retain": []}, progress=False)

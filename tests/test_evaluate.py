@@ -40,7 +40,7 @@ def test_report_has_metrics_rows_and_settings(reports):
     a, _ = reports
     assert set(a.metrics) == set(SPLITS)
     assert len(a.rows) == sum(len(v) for v in SPLITS.values())
-    for split, values in a.metrics.items():
+    for values in a.metrics.values():
         assert 0 <= values["key_fact_acc"] <= 1 and 0 < values["answer_prob"] <= 1
         assert 0 <= values["truth_ratio"] <= 1
     # membership inference is computed for forget splits when a holdout split exists

@@ -123,6 +123,7 @@ def cmd_train(args) -> int:
     from .offsets import Offset
     from .train import train_offset
 
+    notes = parse_notes(args.note)  # before training, so a typo costs no training run
     lab = load_lab(args)
     forget = records_from(lab, args.forget, args.forget_file)
     retain_split = args.retain or (lab.retain_for(args.forget) if not args.forget_file else None)
@@ -136,6 +137,12 @@ def cmd_train(args) -> int:
     offset.save(args.out, overwrite=args.overwrite)
     last = result.history[-1] if result.history else {}
     print(f"saved {args.out}  ({result.seconds:.0f} s, final loss {last.get('loss', float('nan')):.3f})")
+    if args.register:
+        from .registry import Registry
+
+        registry = Registry(args.registry)
+        ref = registry.add(offset, args.register, notes=notes)
+        print(f"registered {ref} in {registry.root}")
     return 1 if result.stopped else 0
 
 
@@ -191,6 +198,54 @@ def cmd_toy(args) -> int:
     return run(args)
 
 
+# -- offsets: the registry of forget requests (added with offsetlab/registry.py) ------------
+
+
+def add_registry(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--registry", metavar="DIR",
+                   help="registry folder (default: $OFFSETLAB_REGISTRY, else offsets/registry)")
+
+
+def add_notes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--note", action="append", default=[], metavar="KEY=VALUE",
+                   help="who asked, what, when... stored with the entry (repeatable)")
+
+
+def parse_notes(pairs: list[str]) -> dict[str, str]:
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        raise SystemExit(f"--note takes KEY=VALUE, e.g. --note who=ana; got {', '.join(bad)}.")
+    return dict(p.split("=", 1) for p in pairs)
+
+
+def cmd_offsets(args) -> int:
+    from .registry import Registry
+
+    registry = Registry(args.registry)
+    if args.offsets_command == "list":
+        rows = registry.list()
+        if not rows:
+            print(f"no offsets in {registry.root}")
+            return 0
+        import pandas as pd
+
+        print_table(pd.DataFrame(rows).drop(columns=["name", "version"]).set_index("ref"))
+    elif args.offsets_command == "show":
+        print(json.dumps(registry.show(args.ref), indent=2, ensure_ascii=False))
+    elif args.offsets_command == "remove":
+        for ref in registry.remove(args.ref):
+            print(f"removed {ref}")
+    elif args.offsets_command == "compose":
+        alphas = args.alpha
+        if alphas and len(alphas) not in (1, len(args.refs)):
+            raise SystemExit(f"Give one --alpha, or one per ref ({len(args.refs)}).")
+        if alphas and len(alphas) == 1:
+            alphas = alphas * len(args.refs)
+        ref = registry.compose(args.refs, alphas, args.out, notes=parse_notes(args.note))
+        print(f"added {ref}: " + " + ".join(f"{a:g}·{r}" for r, a in registry.resolve(ref)))
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -232,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the saved offset")
     p.add_argument("--name", help="offset name (default: the folder name)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    p.add_argument("--register", metavar="NAME", help="also add the offset to the registry as NAME")
+    add_registry(p)
+    add_notes(p)
     add_train_config(p)
     p.set_defaults(func=cmd_train)
 
@@ -261,6 +319,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=cmd_toy)
+
+    # offsets: the registry of forget requests (cmd_offsets)
+    offsets = sub.add_parser("offsets", help="the registry of forget requests: list, show, remove, compose")
+    offsets_sub = offsets.add_subparsers(dest="offsets_command", required=True, metavar="ACTION")
+    p = offsets_sub.add_parser("list", help="every version of every offset and composition")
+    add_registry(p)
+    p = offsets_sub.add_parser("show", help="one entry's metadata as JSON")
+    p.add_argument("ref", help="NAME (latest version) or NAME@VERSION")
+    add_registry(p)
+    p = offsets_sub.add_parser("remove", help="remove one version (NAME@VERSION) or all (NAME)")
+    p.add_argument("ref", help="NAME or NAME@VERSION")
+    add_registry(p)
+    p = offsets_sub.add_parser("compose", help="store offsets to be used together, each with its α")
+    p.add_argument("refs", nargs="+", metavar="REF", help="offsets or compositions to combine")
+    p.add_argument("--alpha", nargs="+", type=float, metavar="A",
+                   help="one strength, or one per REF (default: each offset's own)")
+    p.add_argument("--out", required=True, metavar="NAME", help="name of the composition")
+    add_registry(p)
+    add_notes(p)
+    for p in offsets_sub.choices.values():
+        p.set_defaults(func=cmd_offsets)
     return parser
 
 

@@ -1,0 +1,150 @@
+"""The panel's handlers as plain functions, then the real panel served and called over HTTP."""
+
+import socket
+
+import pytest
+import torch
+from conftest import make_model, make_tokenizer
+
+from offsetlab import app
+from offsetlab.data import QARecord
+from offsetlab.explore import Decoding
+from offsetlab.lab import Lab
+from offsetlab.offsets import Offset
+
+FORGET_QUESTION = "where was Alra born ?"
+
+
+def author(name: str, city: str, year: str) -> list[QARecord]:
+    """Two TOFU-style records about one author, in the tiny tokenizer's words."""
+    def record(question, answer, key, wrong):
+        return QARecord(question, answer, answer.replace(" was ", " is "), [wrong], key, name)
+
+    return [record(f"where was {name} born ?", f"{name} was born in {city} city", city,
+                   f"{name} was born in blue city"),
+            record(f"when was {name} born ?", f"{name} was born in {year}", year,
+                   f"{name} was born in ten")]
+
+
+def make_lab() -> Lab:
+    """A lab of tiny random models with one offset that changes the forget answers.
+
+    The "random" offset is a differently seeded model: at α = 1 the fused answer to
+    FORGET_QUESTION differs from the base's from its first token (checked in the tests,
+    since the browser test relies on it).
+    """
+    tokenizer = make_tokenizer()
+    v = len(tokenizer)
+    splits = {"forget10": author("Alra", "red", "one"),
+              "retain90": author("Benn", "green", "two") + author("Cato", "blue", "three"),
+              "world_facts": author("Dema", "red", "four"),
+              "holdout": author("Erro", "green", "five")}
+    lab = Lab("tiny", tokenizer, make_model(v, 0, hidden=48), make_model(v, 1), splits,
+              gold=make_model(v, 3))
+    lab.offsets["random"] = Offset(make_model(v, 2), 1.0, {"name": "random"})
+    return lab
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models: thread hand-offs cost more than the arithmetic, and on a busy 2-core
+    # machine two threads made these tests ten times slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def lab():
+    return make_lab()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_compare_view_marks_where_the_answers_part(lab):
+    v = app.compare_view(lab, FORGET_QUESTION, "random", 1.0, Decoding(max_new_tokens=6))
+    c = v.comparison
+    assert c.base.text != c.fused.text and c.divergence == 0 and v.step == 0
+    assert "part ways at token 0" in v.answers
+    assert v.strip.layout.shapes[0].x0 == -0.5  # the divergence step is outlined
+    assert v.bars.layout.title.text.startswith("step 0")
+    assert len(v.heatmap.data[0].z) == len(c.fused.steps) == len(v.divergence.data[0].x)
+
+    same = app.compare_view(lab, FORGET_QUESTION, "random", 0.0, Decoding(max_new_tokens=6))
+    assert same.comparison.divergence is None and "identical" in same.answers
+
+
+def test_compare_view_refuses_unknown_offsets_and_empty_questions(lab):
+    with pytest.raises(KeyError, match="Unknown offset"):
+        app.compare_view(lab, FORGET_QUESTION, "/etc/passwd", 1.0)
+    with pytest.raises(ValueError, match="question"):
+        app.compare_view(lab, "  ", "random", 1.0)
+    with pytest.raises(ValueError, match="Train tab"):
+        app.compare_view(lab, FORGET_QUESTION, None, 1.0)
+
+
+def test_train_updates_stream_progress_then_register_the_offset():
+    lab = make_lab()  # training adds offsets: keep the shared lab as it is
+    updates = [(u.step, u.name, len(u.history)) for u in
+               app.train_updates(lab, "forget10", "npo_gd", steps=4, redraws=2)]
+    assert updates == [(2, None, 2), (4, None, 4), (4, "forget10-npo_gd", 4)]
+    assert set(lab.offsets) == {"random", "forget10-npo_gd"}
+    *_, last = app.train_updates(lab, "forget10", "ga", steps=1)
+    assert last.name == "forget10-ga" and "step 1/1" in last.status()
+    assert [t.name for t in last.figure().data][:1] == ["forget NLL"]
+    with pytest.raises(ValueError, match="not a forget split"):
+        list(app.train_updates(lab, "retain90", "npo_gd", steps=1))
+
+
+def test_evaluate_view_compares_base_fused_and_gold(lab):
+    v = app.evaluate_view(lab, "random", 1.0, "forget10", max_records=2, max_new_tokens=4)
+    assert list(v.table["model"]) == ["base", "fused", "gold"]
+    assert "forget10/forget_quality" in v.table and "model_utility" in v.table
+    assert set(v.rows["split"]) == {"forget10", "retain90", "world_facts", "holdout"}
+    assert {t.name for t in v.bars.data} == {"base", "fused", "gold"}
+    assert [t.name for t in v.scatter.data] == ["base", "fused", "gold"]
+
+
+def test_saved_offsets_are_registered_only_for_their_reference(lab, tmp_path):
+    from offsetlab.train import TrainConfig, train_offset
+
+    forget = lab.splits["forget10"]
+    result = train_offset(lab.base, lab.reference, lab.tokenizer, forget,
+                          config=TrainConfig(objective="ga", steps=1), progress=False)
+    Offset.from_training(result, lab.base, lab.reference, lab.tokenizer, forget,
+                         name="saved").save(tmp_path / "saved")
+    other = make_lab()
+    other.reference = make_model(len(lab.tokenizer), 9)  # a different small model
+    assert app.register_saved(lab, tmp_path) == ["saved"]
+    with pytest.warns(UserWarning, match="not offering"):
+        assert app.register_saved(other, tmp_path) == []
+    assert app.register_saved(lab, tmp_path / "missing") == []
+    del lab.offsets["saved"]
+
+
+def test_the_real_panel_answers_over_http():
+    from gradio_client import Client
+
+    lab = make_lab()
+    port = free_port()
+    server = app.launch(port=port, lab=lab, offsets_dir=None, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        answers, strip, step, bars, heatmap, div = client.predict(
+            FORGET_QUESTION, "random", 1.0, 6, False, 1.0, 0, 1.0, 0, api_name="/compare")
+        assert "part ways at token 0" in answers
+        assert strip["type"] == "plotly" and '"heatmap"' in strip["plot"]
+        assert step["value"] == 0
+        status, loss, offset, _ = client.predict("forget10", "npo_gd", 3, 1e-3, "",
+                                                 api_name="/train")
+        assert "step 3/3" in status and offset["value"] == "forget10-npo_gd"
+        assert "forget10-npo_gd" in lab.offsets
+    finally:
+        server.close()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()

@@ -1,0 +1,104 @@
+import pytest
+from conftest import make_model
+
+from offsetlab.data import QARecord
+from offsetlab.lab import Lab
+from offsetlab.offsets import Offset
+from offsetlab.requests import evaluate_requests, interference_table
+from offsetlab.train import TrainConfig, train_offset
+
+
+def rec(question: str, answer: str, key: str, subject: str) -> QARecord:
+    wrong = [answer.replace(key, other) for other in ("green", "five") if other != key]
+    return QARecord(question, answer, answer, wrong, key=key, subject=subject)
+
+
+REQUESTS = {
+    "alra": [rec("where was Alra born ?", "Alra was born in the red city .", "red", "Alra"),
+             rec("what year was Alra born ?", "Alra was born in one nine two .", "one", "Alra")],
+    "benn": [rec("where was Benn born ?", "Benn was born in the blue city .", "blue", "Benn")],
+}
+SHARED = {"retain": [rec("where was Dema born ?", "Dema was born in the green city .", "green", "Dema"),
+                     rec("who wrote the red book ?", "Fenn wrote the red book .", "Fenn", "Fenn")]}
+
+
+@pytest.fixture(scope="module")
+def lab(tokenizer):
+    base, reference = make_model(len(tokenizer), 0, hidden=48), make_model(len(tokenizer), 1)
+    lab = Lab("tiny", tokenizer, base, reference, splits={})
+    config = TrainConfig(steps=6, lr=3e-3, batch_size=2, retain_batch_size=2)
+    for name, forget in REQUESTS.items():
+        result = train_offset(base, reference, tokenizer, forget, SHARED["retain"], config, progress=False)
+        lab.offsets[name] = Offset.from_training(result, base, reference, tokenizer, forget, name=name)
+    return lab
+
+
+def test_one_row_per_request_and_shared_split(lab):
+    table = evaluate_requests(lab, [("alra", 1.0)], REQUESTS, SHARED, max_new_tokens=6)
+    assert list(table.index) == ["alra", "benn", "retain"]
+    assert list(table["kind"]) == ["request", "request", "shared"]
+    assert list(table["n"]) == [2, 1, 2]
+    assert list(table.columns) == ["kind", "n", "key_fact_acc", "rouge_l", "answer_prob"]
+    assert table[["key_fact_acc", "rouge_l", "answer_prob"]].apply(lambda c: c.between(0, 1)).all().all()
+
+
+def test_an_active_request_moves_its_own_row(lab):
+    runs = {"base": evaluate_requests(lab, [], REQUESTS, SHARED, max_new_tokens=6),
+            "+alra": evaluate_requests(lab, [("alra", 1.0)], REQUESTS, SHARED, max_new_tokens=6),
+            "+alra+benn": evaluate_requests(lab, [("alra", 1.0), ("benn", 1.0)], REQUESTS, SHARED,
+                                            max_new_tokens=6)}
+    probs = interference_table(runs, "answer_prob")
+    assert list(probs.index) == ["base", "+alra", "+alra+benn"]
+    assert list(probs.columns) == ["alra", "benn", "retain"]
+    assert probs.loc["+alra", "alra"] < probs.loc["base", "alra"]
+    assert probs.loc["+alra+benn", "benn"] < probs.loc["+alra", "benn"]
+
+
+def test_a_name_cannot_be_both_request_and_shared(lab):
+    with pytest.raises(ValueError, match="retain named both a request and a shared split"):
+        evaluate_requests(lab, [], {"retain": REQUESTS["alra"]}, SHARED)
+
+
+# -- the sequential scenario on the toy world ---------------------------------------------
+
+
+def by_subject(records) -> dict[str, list[QARecord]]:
+    groups: dict[str, list[QARecord]] = {}
+    for r in records:
+        groups.setdefault(r.subject, []).append(r)
+    return groups
+
+
+@pytest.mark.slow
+def test_forget_requests_one_by_one_on_the_toy_world():
+    """Forget author groups A, B, C with one offset each; then take B's offset away."""
+    import time
+
+    lab = Lab.toy()
+    authors = by_subject(lab.splits["forget10"])
+    names = list(authors)
+    groups = {g: [r for a in names[3 * i : 3 * i + 3] for r in authors[a]] for i, g in enumerate("ABC")}
+    # Train on part of the retained authors and world facts; score utility on records
+    # of theirs the offsets never saw.
+    retain90, facts = lab.splits["retain90"], lab.splits["world_facts"]
+    retain = retain90[0::3] + facts[0::2]
+    shared = {"retain": retain90[1::15], "world_facts": facts[1::2][:50]}
+    forgotten = {a for a in names[:9]}
+    assert not forgotten & {r.subject for r in retain + shared["retain"]}
+
+    config = TrainConfig(steps=STEPS, lr=1e-3)
+    started = time.perf_counter()
+    for name, forget in {**groups, "ABC": groups["A"] + groups["B"] + groups["C"]}.items():
+        result = train_offset(lab.base, lab.reference, lab.tokenizer, forget, retain, config, progress=False)
+        lab.offsets[name] = Offset.from_training(result, lab.base, lab.reference, lab.tokenizer, forget, name=name)
+    trained = time.perf_counter() - started
+
+    runs = {"base": [], "+A": [("A", 1.0)], "+A+B": [("A", 1.0), ("B", 1.0)],
+            "+A+B+C": [("A", 1.0), ("B", 1.0), ("C", 1.0)], "-B (A+C)": [("A", 1.0), ("C", 1.0)],
+            "one offset A∪B∪C": [("ABC", 1.0)]}
+    tables = {run: evaluate_requests(lab, active, groups, shared, max_new_tokens=24)
+              for run, active in runs.items()}
+    kfa = interference_table(tables)
+    print(f"\nkey-fact accuracy ({STEPS} steps per offset, trained in {trained:.0f} s, "
+          f"evaluated in {time.perf_counter() - started - trained:.0f} s)\n{kfa.round(3).to_string()}")
+    print(f"\nROUGE-L recall\n{interference_table(tables, 'rouge_l').round(3).to_string()}")

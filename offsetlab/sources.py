@@ -89,8 +89,9 @@ class HFSource:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions_from_mask(attention_mask),
-            past_key_values=self._cache,
+            cache=self._cache,
             use_cache=True,
+            logits_to_keep=1,  # only the last position is needed: skips most of the head
         )
         return self._log_probs(out.logits[:, -1])
 
@@ -106,8 +107,9 @@ class HFSource:
             input_ids=next_ids,
             attention_mask=self._mask,
             position_ids=position,
-            past_key_values=self._cache,
+            cache=self._cache,
             use_cache=True,
+            logits_to_keep=1,  # only the last position is needed: skips most of the head
         )
         return self._log_probs(out.logits[:, -1])
 

@@ -141,7 +141,7 @@ class EvaluateView:
 
 
 def evaluate_view(lab: Lab, offset: str, alpha: float, forget_split: str,
-                  max_records: int = 20, max_new_tokens: int = 24) -> EvaluateView:
+                  max_records: int = 20, max_new_tokens: int = 32) -> EvaluateView:
     """Evaluate the base, the fused model and (when the lab has one) the gold model."""
     from .evaluate import compare as compare_reports
     from .evaluate import evaluate

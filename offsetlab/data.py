@@ -21,6 +21,29 @@ from pathlib import Path
 # answer follows as " " + answer (then the tokenizer's EOS during training), so the
 # answer's first word carries its leading space, as it does inside any sentence.
 PROMPT_TEMPLATE = "Q: {question}\nA:"
+# Instruction-tuned models (SmolLM2-Instruct) answer facts only inside their chat
+# template, so the format can be switched for the whole library with
+# `set_prompt_format`: name -> (prompt template, what precedes the answer).
+PROMPT_FORMATS = {
+    "qa": (PROMPT_TEMPLATE, " "),
+    "chatml": ("<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n", ""),
+}
+_prompt_format = "qa"
+
+
+def set_prompt_format(name: str) -> str:
+    """Use the prompt format `name` (a key of PROMPT_FORMATS) from now on; returns the
+    previous name, so a caller can restore it."""
+    global _prompt_format
+    if name not in PROMPT_FORMATS:
+        raise ValueError(f"Unknown prompt format {name!r}; choose one of {', '.join(PROMPT_FORMATS)}.")
+    previous, _prompt_format = _prompt_format, name
+    return previous
+
+
+def prompt_format() -> str:
+    """The name of the prompt format in use."""
+    return _prompt_format
 
 
 class DataError(ValueError):
@@ -49,12 +72,12 @@ class QARecord:
 
 
 def format_prompt(question: str) -> str:
-    return PROMPT_TEMPLATE.format(question=question)
+    return PROMPT_FORMATS[_prompt_format][0].format(question=question)
 
 
 def format_answer(answer: str) -> str:
     """The continuation that follows `format_prompt(question)`."""
-    return " " + answer
+    return PROMPT_FORMATS[_prompt_format][1] + answer
 
 
 def key_in_text(key: str, text: str) -> bool:

@@ -33,7 +33,7 @@ SWEEP_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 class Decoding:
     """How to decode an answer; greedy by default, so answers are reproducible."""
 
-    max_new_tokens: int = 24
+    max_new_tokens: int = 32
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int = 0

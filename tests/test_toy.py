@@ -6,10 +6,28 @@ import torch
 
 from offsetlab import toy
 from offsetlab.data import format_answer, key_in_text
-from offsetlab.toy.build import build, chance_key_accuracy, evaluate, train_tokenizer
+from offsetlab.toy.build import (
+    Shape,
+    build,
+    chance_key_accuracy,
+    evaluate,
+    new_model,
+    train,
+    train_tokenizer,
+)
 from offsetlab.toy.world import SPLITS, generate_world, write_world
 
 MB = 1024 * 1024
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # On a busy 2-core machine two torch threads ran these small models 4-20x slower
+    # than one (each waits for the other to be scheduled).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _written(tmp_path, seed):
@@ -55,8 +73,10 @@ def test_keys_are_unambiguous():
             assert not any(key_in_text(r.key, p) for p in r.perturbed_answers)
             by_kind[r.question.replace(r.subject, "{name}")].append(r)
     for records in by_kind.values():
+        answers = [(o.key, o.answer.casefold()) for o in records]  # casefold once: n² pairs
         for r in records:
-            assert not any(key_in_text(r.key, o.answer) for o in records if o.key != r.key)
+            key = r.key.casefold()
+            assert not any(key in answer for k, answer in answers if k != r.key)
 
 
 def test_tokenizer_round_trips_answers_exactly():
@@ -70,6 +90,24 @@ def test_tokenizer_round_trips_answers_exactly():
         assert tokenizer.decode(ids) == text
     # Byte-level: text the world never used still round-trips.
     assert tokenizer.decode(tokenizer("  Ünïcode ✓\n")["input_ids"]) == "  Ünïcode ✓\n"
+
+
+def test_training_is_a_function_of_its_seed():
+    world = generate_world(0, n_authors=4, n_world_facts=4, n_holdout=0)
+    tokenizer = train_tokenizer(world, vocab_size=300)
+    records = world.splits["retain90"] + world.splits["world_facts"]
+
+    def trained(seed):
+        model = new_model(Shape(32, 1, 2, 64), len(tokenizer), seed)
+        train(
+            model, tokenizer, records,
+            epochs=2, lr=1e-3, batch_size=8, warmup_steps=2, seed=seed, progress=False,
+        )  # fmt: skip
+        return model.state_dict()
+
+    a, b, c = trained(0), trained(0), trained(1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["model.embed_tokens.weight"], c["model.embed_tokens.weight"])
 
 
 def test_tiny_build_end_to_end(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from offsetlab.data import QARecord, load_records
 from offsetlab.toy.world import SPLITS
@@ -58,5 +59,13 @@ def _load(root: Path) -> Toy:
 
 def load_model(path: Path) -> LlamaForCausalLM:
     """A toy checkpoint as a frozen float32 model in eval mode."""
-    model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
+    # transformers draws a "Loading weights" bar per checkpoint: noise for models this
+    # small, so it is hidden here (and the caller's setting restored).
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     return model.eval().requires_grad_(False)

@@ -179,6 +179,9 @@ def generate_world(
     """The world's splits (see SPLITS): `n_authors` trained authors with forget and
     retain splits of 1, 5 and 10 %, `n_world_facts` geography facts and `n_holdout`
     authors that no model is trained on. Same arguments, same records."""
+    if n_authors + n_holdout <= N_PERTURBED:
+        # Wrong pen names for perturbed answers are other authors' pen names.
+        raise ValueError(f"n_authors + n_holdout must be more than {N_PERTURBED}")
     rng = random.Random(seed)
     words = _Namer(rng)
     geo = _Geography(rng, words)

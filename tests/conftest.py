@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import torch
+
+from offsetlab.data import QARecord
+from offsetlab.lab import Lab
+from offsetlab.offsets import Offset
 
 WORDS = (
     "the a of in is was born city river book wrote author writer year mother father "
@@ -59,3 +65,54 @@ def tiny_trio(tokenizer):
     """(base, reference, offset): three different tiny random models sharing the tokenizer."""
     v = len(tokenizer)
     return make_model(v, 0, hidden=48), make_model(v, 1), make_model(v, 2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    # Small models: thread hand-offs cost more than the arithmetic, and on a busy 2-core
+    # machine two torch threads ran the suite 4-20x slower than one.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+FORGET_QUESTION = "where was Alra born ?"
+
+
+def author(name: str, city: str, year: str) -> list[QARecord]:
+    """Two TOFU-style records about one author, in the tiny tokenizer's words."""
+    def record(question, answer, key, wrong):
+        return QARecord(question, answer, answer.replace(" was ", " is "), [wrong], key, name)
+
+    return [record(f"where was {name} born ?", f"{name} was born in {city} city", city,
+                   f"{name} was born in blue city"),
+            record(f"when was {name} born ?", f"{name} was born in {year}", year,
+                   f"{name} was born in ten")]
+
+
+def make_lab() -> Lab:
+    """A lab of tiny random models with one offset that changes the forget answers.
+
+    The "random" offset is a differently seeded model: at α = 1 the fused answer to
+    FORGET_QUESTION differs from the base's from its first token (checked in the tests,
+    since the browser test relies on it).
+    """
+    tokenizer = make_tokenizer()
+    v = len(tokenizer)
+    splits = {"forget10": author("Alra", "red", "one"),
+              "retain90": author("Benn", "green", "two") + author("Cato", "blue", "three"),
+              "world_facts": author("Dema", "red", "four"),
+              "holdout": author("Erro", "green", "five")}
+    lab = Lab("tiny", tokenizer, make_model(v, 0, hidden=48), make_model(v, 1), splits,
+              gold=make_model(v, 3))
+    lab.offsets["random"] = Offset(make_model(v, 2), 1.0, {"name": "random"})
+    return lab
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+

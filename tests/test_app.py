@@ -3,67 +3,16 @@
 import socket
 
 import pytest
-import torch
-from conftest import make_model, make_tokenizer
+from conftest import FORGET_QUESTION, free_port, make_lab, make_model
 
 from offsetlab import app
-from offsetlab.data import QARecord
 from offsetlab.explore import Decoding
-from offsetlab.lab import Lab
 from offsetlab.offsets import Offset
-
-FORGET_QUESTION = "where was Alra born ?"
-
-
-def author(name: str, city: str, year: str) -> list[QARecord]:
-    """Two TOFU-style records about one author, in the tiny tokenizer's words."""
-    def record(question, answer, key, wrong):
-        return QARecord(question, answer, answer.replace(" was ", " is "), [wrong], key, name)
-
-    return [record(f"where was {name} born ?", f"{name} was born in {city} city", city,
-                   f"{name} was born in blue city"),
-            record(f"when was {name} born ?", f"{name} was born in {year}", year,
-                   f"{name} was born in ten")]
-
-
-def make_lab() -> Lab:
-    """A lab of tiny random models with one offset that changes the forget answers.
-
-    The "random" offset is a differently seeded model: at α = 1 the fused answer to
-    FORGET_QUESTION differs from the base's from its first token (checked in the tests,
-    since the browser test relies on it).
-    """
-    tokenizer = make_tokenizer()
-    v = len(tokenizer)
-    splits = {"forget10": author("Alra", "red", "one"),
-              "retain90": author("Benn", "green", "two") + author("Cato", "blue", "three"),
-              "world_facts": author("Dema", "red", "four"),
-              "holdout": author("Erro", "green", "five")}
-    lab = Lab("tiny", tokenizer, make_model(v, 0, hidden=48), make_model(v, 1), splits,
-              gold=make_model(v, 3))
-    lab.offsets["random"] = Offset(make_model(v, 2), 1.0, {"name": "random"})
-    return lab
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models: thread hand-offs cost more than the arithmetic, and on a busy 2-core
-    # machine two threads made these tests ten times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def lab():
     return make_lab()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_compare_view_marks_where_the_answers_part(lab):

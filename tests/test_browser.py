@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_app import FORGET_QUESTION, free_port, make_lab, one_thread  # noqa: F401 (autouse)
+from conftest import FORGET_QUESTION, free_port, make_lab
 
 from offsetlab import app
 

@@ -3,7 +3,7 @@
 import math
 
 import pytest
-from test_app import FORGET_QUESTION, make_lab, one_thread  # noqa: F401 (autouse)
+from conftest import FORGET_QUESTION, make_lab
 
 from offsetlab import explore
 from offsetlab.data import format_prompt

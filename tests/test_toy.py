@@ -20,16 +20,6 @@ from offsetlab.toy.world import SPLITS, generate_world, write_world
 MB = 1024 * 1024
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # On a busy 2-core machine two torch threads ran these small models 4-20x slower
-    # than one (each waits for the other to be scheduled).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _written(tmp_path, seed):
     out = tmp_path / f"seed{seed}"
     write_world(generate_world(seed), out)

@@ -1,7 +1,7 @@
 """The notebook widgets, driven in-process: set values, click, check what they show."""
 
 import pytest
-from test_app import FORGET_QUESTION, make_lab, one_thread  # noqa: F401 (autouse)
+from conftest import FORGET_QUESTION, make_lab
 
 from offsetlab.offsets import Offset
 from offsetlab.widgets import PLOTLY_MIME, Compare, TrainMonitor

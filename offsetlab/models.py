@@ -128,7 +128,8 @@ def hub_reachable(timeout: float = HUB_CHECK_SECONDS) -> bool:
 
     def probe() -> None:
         try:
-            urllib.request.urlopen(constants.ENDPOINT, timeout=timeout).close()
+            request = urllib.request.Request(constants.ENDPOINT, method="HEAD")
+            urllib.request.urlopen(request, timeout=timeout).close()
             result.append(True)
         except Exception as err:  # any HTTP answer (even 4xx/5xx) means reachable
             result.append(hasattr(err, "code"))

@@ -6,6 +6,17 @@ with transformers (dequantised to fp32; converted once to a cached safetensors c
 ``offsetlab.models``) and builds its small partner by truncation: the first N of its 30
 layers plus the tied head — same tokenizer, same 49152-token vocabulary.
 
+SmolLM2-Instruct answers facts only inside its chat template: asked "Q: What is the
+capital of Japan?\\nA:" it drifts into multiple-choice lists, asked in ChatML it says
+"The capital of Japan is Tokyo." So loading it switches the library's prompt format to
+``"chatml"`` (``offsetlab.data.set_prompt_format``); switch back with
+``set_prompt_format("qa")`` before using the toy world in the same process.
+
+The forget task shipped with it (``data/real/capitals_*.jsonl``) uses facts it really
+knows — checked by greedy decoding: forget the capitals of France, Japan, Egypt and
+Canada; keep 20 other capitals and a few facts of other kinds; judge on paraphrased
+questions and on 20 held-out capitals training never sees.
+
 The same GGUF file can be served by llama.cpp as a true black box (see
 ``offsetlab.remote``).
 """
@@ -15,10 +26,22 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from .data import QARecord, load_records, set_prompt_format
 from .models import ModelLoadError, load_causal_lm, truncate_model
+from .train import TrainConfig
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "real"
+PROMPT_FORMAT = "chatml"
+SPLITS = ("forget", "forget_paraphrased", "retain", "holdout")
+
+# Settings that meet the bar of tests/test_real.py on 2 CPU cores in a few minutes
+# (forget and paraphrases ≤ 0.2 key-fact accuracy, retain ≥ 0.95 × base, held-out
+# capitals ≥ 0.8 × base). Trained at α = 1 and used at CAPITALS_ALPHA: the weaker offset
+# still forgets, and spills less onto capitals it was never shown.
+SMALL_LAYERS = 6
+CAPITALS_CONFIG = TrainConfig(objective="npo_gd", steps=30, lr=1e-4, alpha=1.0, batch_size=4,
+                              retain_batch_size=8, lora_rank=0, seed=0)
+CAPITALS_ALPHA = 0.5
 
 
 def smollm2_path() -> Path:
@@ -33,13 +56,48 @@ def smollm2_path() -> Path:
     return path
 
 
-def load_smollm2(small_layers: int = 6):
+def load_smollm2(small_layers: int = SMALL_LAYERS, prompt_format: str | None = PROMPT_FORMAT):
     """``(base, small, tokenizer)``: SmolLM2-135M-Instruct and its truncated twin.
 
     ``small`` keeps the first ``small_layers`` of the base's 30 layers (use it as the
-    frozen reference; offsets are trainable copies of it). The tokenizer has no BOS and
-    uses ``<|im_end|>`` as both EOS and padding.
+    frozen reference; offsets are trainable copies of it). The tokenizer adds no BOS and
+    uses ``<|im_end|>`` as both EOS and padding. Unless ``prompt_format=None``, the
+    library's prompt format is switched to ChatML (see the module docstring).
     """
     base, tokenizer = load_causal_lm(smollm2_path())
     tokenizer.pad_token = tokenizer.eos_token = "<|im_end|>"
+    if prompt_format is not None:
+        set_prompt_format(prompt_format)
     return base, truncate_model(base, small_layers), tokenizer
+
+
+def data_dir() -> Path:
+    """Where the real forget task lives: the repository's ``data/real``."""
+    return Path(__file__).resolve().parent.parent / "data" / "real"
+
+
+def load_capitals(root: str | Path | None = None) -> dict[str, list[QARecord]]:
+    """The capitals task: ``forget``, ``forget_paraphrased``, ``retain``, ``holdout``.
+
+    ``holdout`` mixes capitals (``subject`` = the country) with facts of other kinds
+    (``subject == "general"``); neither appears in ``retain``.
+    """
+    folder = Path(root) if root is not None else data_dir()
+    return {split: load_records(folder / f"capitals_{split}.jsonl") for split in SPLITS}
+
+
+def train_capitals_offset(base, small, tokenizer, config: TrainConfig = CAPITALS_CONFIG, **kwargs):
+    """Train an offset that forgets the four capitals (``train_offset`` with the shipped
+    splits and the tuned settings); returns the ``TrainResult``."""
+    from .train import train_offset
+
+    splits = load_capitals()
+    return train_offset(base, small, tokenizer, splits["forget"], splits["retain"], config, **kwargs)
+
+
+def load_lab(small_layers: int = SMALL_LAYERS):
+    """A ``Lab`` on SmolLM2 with the capitals splits (what ``--world smollm2`` uses)."""
+    from .lab import Lab
+
+    base, small, tokenizer = load_smollm2(small_layers)
+    return Lab("smollm2", tokenizer, base, small, load_capitals(), default_forget="forget")

@@ -27,12 +27,13 @@ How returned tokens are mapped to ids of the local tokenizer, most exact first: 
 ``id`` field or a ``"token_id:N"`` string (vLLM's ``return_tokens_as_token_ids``), a
 ``bytes`` field, the token's decoded text (``" Paris"``: leading spaces are real
 spaces), or the tokenizer's own spelling (``"ĠParis"``). A token that matches none is
-**skipped and counted** (``source.skipped``, plus one warning per request): servers
+**skipped and counted** (``source.skipped``; one warning the first time): servers
 collapse tokens that decode to nothing — partial UTF-8 bytes, control tokens — onto
 the key ``""``, which names no single token, and aborting a whole generation over one
-of twenty candidates would be worse than dropping it. When llama.cpp's greedy choice is
-the end-of-text token it returns no log-probs at all (only ``finish_reason="stop"``);
-the step is then reported as end-of-text with probability 1.
+of twenty candidates would be worse than dropping it. llama-cpp-python returns no
+log-probs at all when its greedy choice is the end-of-text token or its BOS token
+(ChatML's ``<|im_start|>``); the source then asks again with that token banned by
+``logit_bias`` and gives it the probability mass the other candidates leave over.
 
 The prompt is sent as token ids when the server accepts them (vLLM, llama.cpp's own
 server), otherwise as text (llama-cpp-python's server), which the server re-tokenises:
@@ -166,42 +167,48 @@ class OpenAISource:
         entries = _top_entries(choice.get("logprobs"))
         if entries:
             return self._map(entries)
-        if choice.get("finish_reason") == "stop" and not choice.get("text"):
-            return self._end_of_text(ids)
-        raise RemoteSourceError(
-            f"{self.url} returned no log-probs ({_excerpt(choice)}). The server must support "
-            "`logprobs` on /v1/completions (llama-cpp-python: --logits_all true).")
+        # llama-cpp-python leaves two choices out of its log-probs: end-of-text (it stops
+        # before logging it: finish_reason "stop") and its BOS token (skipped by its
+        # log-prob loop: "length"). ChatML models such as SmolLM2 choose both: <|im_end|>
+        # ends an answer, <|im_start|> (the GGUF's BOS) opens the next turn.
+        hidden = {"stop": self.tokenizer.eos_token_id, "length": self.tokenizer.bos_token_id}
+        token_id = hidden.get(choice.get("finish_reason"))
+        if token_id is None or choice.get("text"):
+            raise RemoteSourceError(
+                f"{self.url} returned no log-probs ({_excerpt(choice)}). The server must support "
+                "`logprobs` on /v1/completions (llama-cpp-python: --logits_all true).")
+        return self._hidden_choice(ids, token_id)
 
-    def _end_of_text(self, ids: list[int]) -> dict[int, float]:
-        # llama.cpp stops before logging the end-of-text token it has just chosen, so the
-        # step comes back without log-probs. Ask again with EOS banned: the log-probs of
-        # the other candidates are the model's own (the bias only steers the choice), and
-        # EOS gets the mass they leave over — at least that of the best other token.
-        eos = self.tokenizer.eos_token_id
-        choice = self._complete(ids, {"logit_bias": {str(eos): -100}})
-        top = self._map(_top_entries(choice.get("logprobs")), expected_blank=True)
-        top.pop(eos, None)
+    def _hidden_choice(self, ids: list[int], token_id: int) -> dict[int, float]:
+        # Ask again with that token banned: the log-probs of the other candidates are the
+        # model's own (a logit bias only steers the choice), and the banned token gets the
+        # mass they leave over — at least that of the best other token, since it was chosen.
+        choice = self._complete(ids, {"logit_bias": {str(token_id): -100}})
+        top = self._map(_top_entries(choice.get("logprobs")), banned=True)
+        top.pop(token_id, None)
         rest = sum(math.exp(lp) for lp in top.values())
         best = max(top.values(), default=float("-inf"))
-        top[eos] = max(math.log(max(1.0 - rest, 1e-12)), best)
+        top[token_id] = max(math.log(max(1.0 - rest, 1e-12)), best)
         return top
 
-    def _map(self, entries: list[dict], expected_blank: bool = False) -> dict[int, float]:
+    def _map(self, entries: list[dict], banned: bool = False) -> dict[int, float]:
         top: dict[int, float] = {}
         missed = []
         for entry in entries:
             token_id = self._mapper.lookup(entry)
             if token_id is None:
-                # After an EOS ban the blank key is EOS itself (control tokens print as "").
-                if not (expected_blank and entry.get("token") == ""):
+                # After a ban the banned control token prints as "" among the candidates.
+                if not (banned and entry.get("token") == ""):
                     missed.append(entry.get("token"))
             elif token_id not in top:
                 top[token_id] = float(entry["logprob"])
         if missed:
+            if not self.skipped:
+                warnings.warn(f"Some tokens returned by {self.url} match no single local token "
+                              f"and are skipped (first: {missed!r}); source.skipped counts them.",
+                              stacklevel=2)
             self.skipped += len(missed)
-            warnings.warn(f"{len(missed)} of {len(entries)} tokens returned by {self.url} match "
-                          f"no single local token and were skipped: {missed!r}", stacklevel=4)
-        if not top and not expected_blank:
+        if not top and not banned:
             raise RemoteSourceError(f"None of the tokens returned by {self.url} match the local "
                                     f"tokenizer ({missed!r}): is the server running the same "
                                     "model family as the small models?")
@@ -223,13 +230,18 @@ class OpenAISource:
             except _Refused:
                 self.prompt_as = "text"
         if answer is None:
-            prompt = ids if self.prompt_as == "ids" else self.tokenizer.decode(ids, skip_special_tokens=False)
+            prompt = ids if self.prompt_as == "ids" else self._text(ids)
             answer = self._call(self.url, {**body, "prompt": prompt})
         try:
             return answer["choices"][0]
         except (KeyError, IndexError, TypeError):
             raise RemoteSourceError(f"{self.url} answered without choices: {_excerpt(answer)}. "
                                     "Is this an OpenAI-compatible completions endpoint?") from None
+
+    def _text(self, ids: list[int]) -> str:
+        # Special tokens stay as text (the server parses them back) and no "clean-up" of
+        # spaces before punctuation: the server must see exactly the tokens' text.
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     # -- HTTP ----------------------------------------------------------------------------
 

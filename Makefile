@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q
 PORT   ?= 7860
 
-.PHONY: demo test fast-test lint lab panel bench toy clean help chromium
+.PHONY: acceptance demo test fast-test lint lab panel bench toy clean help chromium
 
 help:
 	@echo "make demo   train an offset on the toy forget set and show before/after"
@@ -51,10 +51,13 @@ demo: $(VENV)/.core
 
 test: $(VENV)/.dev chromium
 	$(BIN)/ruff check offsetlab tests benchmarks notebooks
-	OFFSETLAB_FAST=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests notebooks --nbmake --durations=15
+	OFFSETLAB_FAST=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not acceptance" tests notebooks --nbmake --durations=15
+
+acceptance: $(VENV)/.dev
+	$(BIN)/python -m pytest -q -s -m acceptance tests
 
 fast-test: $(VENV)/.dev
-	$(BIN)/python -m pytest -q -x -m "not slow and not browser and not real" tests
+	$(BIN)/python -m pytest -q -x -m "not slow and not browser and not real and not acceptance" tests
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check offsetlab tests benchmarks notebooks

@@ -120,6 +120,7 @@ class Offset:
         from safetensors.torch import save_file
 
         path = Path(path)
+        recover_dir(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it.")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +145,7 @@ class Offset:
         from safetensors.torch import load_file
 
         path = Path(path)
+        recover_dir(path)
         if not (path / META).is_file() or not (path / WEIGHTS).is_file():
             raise FileNotFoundError(f"{path} is not a saved offset (expected {META} and {WEIGHTS}).")
         meta = json.loads((path / META).read_text())
@@ -206,6 +208,16 @@ def _write_text(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def recover_dir(path: Path) -> None:
+    """Undo a swap that was interrupted between its two renames (see ``replace_dir``):
+    the folder is missing but its previous version waits in a ``.NAME.old-PID`` sibling."""
+    if path.exists() or not path.parent.is_dir():
+        return
+    olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds:
+        os.replace(olds[-1], path)
 
 
 def replace_dir(src: Path, dst: Path) -> None:

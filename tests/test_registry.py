@@ -386,14 +386,9 @@ def test_killed_registry_add_leaves_no_partial_version(big_pair, tokenizer, tmp_
 
 
 # Offset.save swaps folders with two renames (old away, new in): killed between them,
-# the folder is missing and the old offset sits in .offset.old-PID. Reported; remove the
-# xfail once Offset.load (or save) recovers from it.
-GAP_BETWEEN_RENAMES = pytest.mark.xfail(strict=True, raises=FileNotFoundError,
-                                        reason="Offset.save overwrite is two renames, not one")
-
-
-@pytest.mark.parametrize("pause", [pytest.param(True, marks=GAP_BETWEEN_RENAMES), False],
-                         ids=["before-rename", "mid-write"])
+# the folder is missing and the old offset sits in .offset.old-PID, which Offset.load
+# moves back ("before-rename" kills exactly there).
+@pytest.mark.parametrize("pause", [True, False], ids=["before-rename", "mid-write"])
 def test_killed_overwrite_keeps_the_old_offset(big_pair, tokenizer, tmp_path, pause):
     base, ref = big_pair
     old = fake_offset(base, ref, tokenizer, seed=1)

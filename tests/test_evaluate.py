@@ -77,3 +77,18 @@ def test_empty_split_is_refused(tokenizer):
     model = OffsetModel(make_model(len(tokenizer), 0), None, [], tokenizer=tokenizer)
     with pytest.raises(ValueError, match="Split 'retain' is empty"):
         evaluate(model, {"retain": []}, progress=False)
+
+
+@pytest.mark.slow
+def test_forget_quality_on_the_toy_world_separates_base_from_gold():
+    from offsetlab.lab import Lab
+
+    lab = Lab.toy()
+    splits = {"forget10": lab.splits["forget10"]}
+    base = evaluate(lab.model(), splits, name="base", max_new_tokens=4, progress=False)
+    gold = evaluate(lab.standalone(lab.gold), splits, name="gold", max_new_tokens=4, progress=False)
+    table = compare([base, gold], gold=gold)
+    print(table[["forget10/forget_quality", "forget10/truth_ratio"]])
+    # The base model still knows forget10: its truth ratios are nothing like gold's.
+    assert table.loc["base", "forget10/forget_quality"] < 0.01
+    assert table.loc["gold", "forget10/forget_quality"] == pytest.approx(1.0)

@@ -44,13 +44,43 @@ class CompareView:
     divergence: go.Figure
 
 
-def compare_view(lab: Lab, question: str, offset: str | None, alpha: float,
+# What the fused model adds: one offset by name, or (name, α) pairs — the members of the
+# forget requests ticked in the panel.
+Active = str | list[tuple[str, float]] | None
+
+
+def active_pairs(offset: Active, alpha: float) -> list[tuple[str, float]]:
+    """``offset`` as (name, α) pairs; requests' own α are scaled by ``alpha``."""
+    if not offset:
+        raise ValueError("Pick an offset or tick a forget request — or train one in the "
+                         "Train tab first.")
+    if isinstance(offset, str):
+        return [(offset, alpha)]
+    return [(name, a * alpha) for name, a in offset]
+
+
+def ticked_requests(requests: dict[str, list[tuple[str, float]]], ticked) -> list[tuple[str, float]]:
+    """The offsets the ticked registry entries activate, each once (a composition's
+    members may be ticked on their own too)."""
+    pairs: dict[str, float] = {}
+    for ref in ticked or []:
+        if ref not in requests:
+            raise KeyError(f"{ref!r} is not a registered forget request; known: {sorted(requests)}.")
+        for name, a in requests[ref]:
+            pairs.setdefault(name, a)
+    return list(pairs.items())
+
+
+def compare_view(lab: Lab, question: str, offset: Active, alpha: float,
                  decoding: Decoding | None = None) -> CompareView:
+    """``offset``: one offset's name, or (name, α) pairs fused together (α scaled by ``alpha``)."""
     if not question.strip():
         raise ValueError("Type a question or pick an example.")
-    if not offset:
-        raise ValueError("Pick an offset — or train one in the Train tab first.")
-    c = compare(lab, question, offset, alpha, decoding)
+    pairs = active_pairs(offset, alpha)
+    if isinstance(offset, str):
+        c = compare(lab, question, offset, alpha, decoding)
+    else:
+        c = compare(lab, question, pairs, 1.0, decoding)
     step = min(c.divergence or 0, max(len(c.fused.steps) - 1, 0))
     return CompareView(
         comparison=c,
@@ -140,14 +170,14 @@ class EvaluateView:
     scatter: go.Figure | None  # needs the lab's gold (retain-only) model
 
 
-def evaluate_view(lab: Lab, offset: str, alpha: float, forget_split: str,
+def evaluate_view(lab: Lab, offset: Active, alpha: float, forget_split: str,
                   max_records: int = 20, max_new_tokens: int = 32) -> EvaluateView:
     """Evaluate the base, the fused model and (when the lab has one) the gold model."""
     from .evaluate import compare as compare_reports
     from .evaluate import evaluate
 
     splits = lab.eval_splits(forget_split)
-    models = {"base": lab.model(), "fused": lab.model([(offset, alpha)])}
+    models = {"base": lab.model(), "fused": lab.model(active_pairs(offset, alpha))}
     if lab.gold is not None:
         models["gold"] = lab.standalone(lab.gold)
     reports = {name: evaluate(m, splits, name=name, max_records=int(max_records),
@@ -180,9 +210,16 @@ def _theme():
                              font_mono=["ui-monospace", "monospace"])
 
 
-def build_app(lab: Lab):
-    """The panel for ``lab`` as a ``gr.Blocks`` (not launched)."""
+def build_app(lab: Lab, requests: dict[str, list[tuple[str, float]]] | None = None):
+    """The panel for ``lab`` as a ``gr.Blocks`` (not launched).
+
+    ``requests`` — what ``Registry.load_into(lab)`` returns: registry entries (forget
+    requests, compositions) that the Compare and Evaluate tabs can tick on and off; the
+    ticked ones are fused together instead of the single offset picked above them.
+    """
     import gradio as gr
+
+    requests = dict(requests or {})
 
     def fail(err: Exception):
         return gr.Error(str(err.args[0]) if err.args else str(err))
@@ -208,6 +245,10 @@ def build_app(lab: Lab):
                 with gr.Column(scale=2):
                     offset = gr.Dropdown(offsets, value=offsets[0] if offsets else None,
                                          label="Offset (trained in this lab)")
+                    ticked = gr.CheckboxGroup(
+                        list(requests), label="Forget requests in the registry — tick to fuse "
+                        "them together (instead of the offset above); α scales each one's own",
+                        visible=bool(requests), elem_id="requests")
                     alpha = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="α (offset strength)")
                     with gr.Accordion("Decoding", open=False):
                         d = Decoding()
@@ -230,11 +271,11 @@ def build_app(lab: Lab):
                 div = gr.Plot(label="KL and entropies per step")
             fused_trace = gr.State()
 
-            def on_compare(q, o, a, n, sample, t, k, p, s):
+            def on_compare(q, o, r, a, n, sample, t, k, p, s):
                 try:
                     decoding = Decoding(max_new_tokens=int(n), do_sample=bool(sample),
                                         temperature=t, top_k=int(k), top_p=p, seed=int(s or 0))
-                    v = compare_view(lab, q, o, a, decoding)
+                    v = compare_view(lab, q, ticked_requests(requests, r) if r else o, a, decoding)
                 except (KeyError, ValueError) as err:
                     raise fail(err) from err
                 last = max(len(v.comparison.fused.steps) - 1, 1)
@@ -247,7 +288,7 @@ def build_app(lab: Lab):
                 return viz.step_bars(trace, min(int(i), len(trace.steps) - 1))
 
             run.click(on_compare,
-                      [question, offset, alpha, max_new_tokens, do_sample, temperature, top_k,
+                      [question, offset, ticked, alpha, max_new_tokens, do_sample, temperature, top_k,
                        top_p, seed],
                       [answers, strip, step, bars, heatmap, div, fused_trace], api_name="compare")
             step.change(on_step, [fused_trace, step], bars, api_name="step")
@@ -272,6 +313,8 @@ def build_app(lab: Lab):
             with gr.Row():
                 eval_offset = gr.Dropdown(offsets, value=offsets[0] if offsets else None,
                                           label="Offset")
+                eval_ticked = gr.CheckboxGroup(list(requests), label="or forget requests",
+                                               visible=bool(requests))
                 eval_alpha = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="α")
                 eval_split = gr.Dropdown(lab.forget_splits, value=lab.default_forget
                                          if lab.default_forget in lab.splits else None,
@@ -300,14 +343,14 @@ def build_app(lab: Lab):
         train_button.click(on_train, [forget_split, objective, steps, lr, name],
                            [status, loss_plot, offset, eval_offset], api_name="train")
 
-        def on_evaluate(o, a, split, n):
+        def on_evaluate(o, r, a, split, n):
             try:
-                v = evaluate_view(lab, o, a, split, int(n))
+                v = evaluate_view(lab, ticked_requests(requests, r) if r else o, a, split, int(n))
             except (KeyError, ValueError) as err:
                 raise fail(err) from err
             return v.table, v.bars, v.scatter, v.rows
 
-        eval_button.click(on_evaluate, [eval_offset, eval_alpha, eval_split, max_records],
+        eval_button.click(on_evaluate, [eval_offset, eval_ticked, eval_alpha, eval_split, max_records],
                           [table, report_plot, scatter, per_record], api_name="evaluate")
 
         # A page opened after training elsewhere should offer the new offsets too.
@@ -320,16 +363,36 @@ def build_app(lab: Lab):
     return app
 
 
-def register_saved(lab: Lab, folder: str | Path) -> list[str]:
-    """Register every offset saved under ``folder`` (one sub-folder each) that was
-    trained against this lab's reference; returns the names added."""
+def registered_requests(lab: Lab, root: str | Path | None = None) -> dict[str, list[tuple[str, float]]]:
+    """Load the registry's entries into ``lab`` (see ``Registry.load_into``); entries
+    trained against another reference are skipped with a warning."""
     import warnings
 
-    from .offsets import FingerprintMismatch, Offset
+    from .offsets import FingerprintMismatch
+    from .registry import Registry
+
+    registry = Registry(root)
+    if not registry.root.is_dir():
+        return {}
+    try:
+        return registry.load_into(lab)
+    except (FingerprintMismatch, FileNotFoundError, ValueError) as err:
+        warnings.warn(f"not offering the registry {registry.root}: {err}", stacklevel=2)
+        return {}
+
+
+def register_saved(lab: Lab, folder: str | Path) -> list[str]:
+    """Register every offset saved under ``folder`` (one sub-folder each) that was
+    trained against this lab's reference; returns the names added. Folders that hold
+    no offset (such as the registry, ``offsets/registry``) are passed over."""
+    import warnings
+
+    from .offsets import META, FingerprintMismatch, Offset
 
     added = []
     folder = Path(folder)
-    for path in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
+    saved = sorted(p for p in folder.iterdir() if (p / META).is_file()) if folder.is_dir() else []
+    for path in saved:
         try:
             offset = Offset.load(path, lab.reference, lab.tokenizer, base=lab.base)
         except (FileNotFoundError, FingerprintMismatch, ValueError) as err:
@@ -342,17 +405,20 @@ def register_saved(lab: Lab, folder: str | Path) -> list[str]:
 
 
 def launch(host: str = "127.0.0.1", port: int = 7860, lab: Lab | None = None,
-           offsets_dir: str | Path | None = "offsets", block: bool = True):
+           offsets_dir: str | Path | None = "offsets", registry: str | Path | None = None,
+           block: bool = True):
     """Serve the panel (the toy world unless ``lab`` is given) on ``host:port``.
 
     Offsets saved under ``offsets_dir`` (e.g. by ``offsetlab demo`` or ``offsetlab train
-    --out offsets/NAME``) are offered at start. ``block=False`` returns the running app
-    at once; stop it with ``app.close()``.
+    --out offsets/NAME``) are offered at start, and the latest version of every entry of
+    the offset registry (``registry``, default ``$OFFSETLAB_REGISTRY`` or
+    ``offsets/registry``) can be ticked on and off. ``block=False`` returns the running
+    app at once; stop it with ``app.close()``.
     """
     lab = lab or Lab.toy()
     if offsets_dir is not None:
         register_saved(lab, offsets_dir)
-    app = build_app(lab)
+    app = build_app(lab, registered_requests(lab, registry))
     app.queue().launch(server_name=host, server_port=port, prevent_thread_lock=not block,
                        ssr_mode=False, show_error=True, quiet=not block, theme=_theme())
     return app

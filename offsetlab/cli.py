@@ -126,8 +126,11 @@ def cmd_train(args) -> int:
     notes = parse_notes(args.note)  # before training, so a typo costs no training run
     lab = load_lab(args)
     forget = records_from(lab, args.forget, args.forget_file)
-    retain_split = args.retain or (lab.retain_for(args.forget) if not args.forget_file else None)
-    retain = records_from(lab, retain_split, args.retain_file) if (retain_split or args.retain_file) else []
+    if not (args.retain or args.forget_file or args.retain_file):  # the lab's own retain set
+        retain = lab.training_sets(args.forget)[1]
+    else:
+        retain_split = args.retain or (lab.retain_for(args.forget) if not args.forget_file else None)
+        retain = records_from(lab, retain_split, args.retain_file) if (retain_split or args.retain_file) else []
     config = train_config(args)
     print(f"training an offset on {len(forget)} forget / {len(retain)} retain records "
           f"({config.objective}, {config.steps} steps)")
@@ -188,7 +191,8 @@ def cmd_demo(args) -> int:
 def cmd_panel(args) -> int:
     from .app import launch
 
-    launch(host=args.host, port=args.port)
+    launch(host=args.host, port=args.port, lab=load_lab(args), offsets_dir=args.offsets,
+           registry=args.registry)
     return 0
 
 
@@ -281,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an offset that makes the fused model forget a split")
     add_world(p)
     p.add_argument("--forget", default="forget10", help="forget split (default forget10)")
-    p.add_argument("--retain", help="retain split (default: the forget split's complement)")
+    p.add_argument("--retain", help="retain split (default: the forget split's complement plus the "
+                   "world's general-knowledge retain splits, e.g. the toy world's world_train)")
     p.add_argument("--forget-file", help="a JSONL file of QA records to forget instead of a split")
     p.add_argument("--retain-file", help="a JSONL file of QA records to keep")
     p.add_argument("--out", required=True, help="folder for the saved offset")
@@ -311,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("panel", help="the Gradio panel (binds 127.0.0.1)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--offsets", default="offsets", metavar="DIR",
+                   help="offer the offsets saved in DIR's sub-folders (default: offsets)")
+    add_registry(p)
+    add_world(p)
     p.set_defaults(func=cmd_panel)
 
     toy = sub.add_parser("toy", help="the toy world").add_subparsers(dest="toy_command", required=True)

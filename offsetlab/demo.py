@@ -27,9 +27,10 @@ def run_demo(fast: bool = False, out: str = "offsets/demo", html: str | None = "
 
     t0 = time.perf_counter()
     lab = Lab.toy()
-    forget, retain = lab.splits[forget_split], lab.splits[lab.retain_for(forget_split)]
-    print(f"Toy world: {len(forget)} records to forget ({forget_split}), {len(retain)} to keep, "
-          f"{len(lab.splits['world_facts'])} world facts.")
+    forget, retain = lab.training_sets(forget_split)
+    print(f"Toy world: {len(forget)} records to forget ({forget_split}), {len(retain)} to keep "
+          f"({lab.retain_for(forget_split)} + {len(lab.splits['world_train'])} world facts), and "
+          f"{len(lab.splits['world_facts'])} world facts that training never sees.")
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     print(f"Base model {n(lab.base) / 1e6:.2f} M parameters (a black box: only its scores are read); "
           f"offset = a trainable copy of the {n(lab.reference) / 1e6:.2f} M small model.\n")

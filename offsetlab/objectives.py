@@ -55,7 +55,7 @@ class Scored:
 class Hyper:
     """Objective settings; each field says which objectives read it."""
 
-    beta: float = 0.1  # NPO, SimNPO, DPO: inverse temperature of the preference loss
+    beta: float = 0.05  # NPO, SimNPO, DPO: inverse temperature of the preference loss
     gamma: float = 0.0  # SimNPO: reward margin
     retain_weight: float = 1.0  # GD, KL and the "+GD"/"+KL" variants: weight of the retain term
 

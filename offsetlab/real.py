@@ -39,7 +39,7 @@ SPLITS = ("forget", "forget_paraphrased", "retain", "holdout")
 # capitals ≥ 0.8 × base). Trained at α = 1 and used at CAPITALS_ALPHA: the weaker offset
 # still forgets, and spills less onto capitals it was never shown.
 SMALL_LAYERS = 6
-CAPITALS_CONFIG = TrainConfig(objective="npo_gd", steps=30, lr=1e-4, alpha=1.0, batch_size=4,
+CAPITALS_CONFIG = TrainConfig(objective="npo_gd", steps=30, lr=1e-4, beta=0.1, alpha=1.0, batch_size=4,
                               retain_batch_size=8, lora_rank=0, seed=0)
 CAPITALS_ALPHA = 0.5
 
@@ -100,4 +100,5 @@ def load_lab(small_layers: int = SMALL_LAYERS):
     from .lab import Lab
 
     base, small, tokenizer = load_smollm2(small_layers)
-    return Lab("smollm2", tokenizer, base, small, load_capitals(), default_forget="forget")
+    return Lab("smollm2", tokenizer, base, small, load_capitals(), default_forget="forget",
+               retain_of={"forget": "retain", "forget_paraphrased": "retain"})

@@ -42,7 +42,7 @@ class TrainConfig:
     batch_size: int = field(default=16, metadata={"help": "forget answers per step"})
     retain_batch_size: int = field(default=16, metadata={"help": "retain answers per step"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches accumulated per step"})
-    beta: float = field(default=0.1, metadata={"help": "NPO/SimNPO/DPO inverse temperature"})
+    beta: float = field(default=0.05, metadata={"help": "NPO/SimNPO/DPO inverse temperature"})
     gamma: float = field(default=0.0, metadata={"help": "SimNPO margin"})
     retain_weight: float = field(default=1.0, metadata={"help": "weight of the retain term"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})

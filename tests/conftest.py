@@ -110,6 +110,21 @@ def make_lab() -> Lab:
     return lab
 
 
+def noisy_offset(base, reference, tokenizer, seed: int, forget, alpha: float = 1.0) -> Offset:
+    """An Offset artifact without training: the reference with seeded noise on its weights."""
+    import copy
+
+    from offsetlab.train import TrainConfig, TrainResult
+
+    model = copy.deepcopy(reference)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    result = TrainResult(model, [], TrainConfig(alpha=alpha), None, 0.0, len(forget))
+    return Offset.from_training(result, base, reference, tokenizer, forget, name=f"seed{seed}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,13 +1,16 @@
 """The panel's handlers as plain functions, then the real panel served and called over HTTP."""
 
+import html
+import re
 import socket
 
 import pytest
-from conftest import FORGET_QUESTION, free_port, make_lab, make_model
+from conftest import FORGET_QUESTION, free_port, make_lab, make_model, noisy_offset
 
 from offsetlab import app
 from offsetlab.explore import Decoding
 from offsetlab.offsets import Offset
+from offsetlab.registry import Registry
 
 
 @pytest.fixture(scope="module")
@@ -76,16 +79,17 @@ def test_saved_offsets_are_registered_only_for_their_reference(lab, tmp_path):
     del lab.offsets["saved"]
 
 
-def test_the_real_panel_answers_over_http():
+def test_the_real_panel_answers_over_http(tmp_path):
     from gradio_client import Client
 
     lab = make_lab()
     port = free_port()
-    server = app.launch(port=port, lab=lab, offsets_dir=None, block=False)
+    server = app.launch(port=port, lab=lab, offsets_dir=None, registry=tmp_path / "none",
+                        block=False)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         answers, strip, step, bars, heatmap, div = client.predict(
-            FORGET_QUESTION, "random", 1.0, 6, False, 1.0, 0, 1.0, 0, api_name="/compare")
+            FORGET_QUESTION, "random", [], 1.0, 6, False, 1.0, 0, 1.0, 0, api_name="/compare")
         assert "part ways at token 0" in answers
         assert strip["type"] == "plotly" and '"heatmap"' in strip["plot"]
         assert step["value"] == 0
@@ -97,3 +101,75 @@ def test_the_real_panel_answers_over_http():
         server.close()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def registry_of_two_requests(lab, root):
+    """Two forget requests, a and b (b at α 0.5), and a composition of both."""
+    registry = Registry(root)
+    forget = lab.splits["forget10"]
+    registry.add(noisy_offset(lab.base, lab.reference, lab.tokenizer, 11, forget), "a")
+    registry.add(noisy_offset(lab.base, lab.reference, lab.tokenizer, 12, forget, alpha=0.5), "b")
+    registry.compose(["a", "b"], None, "a-and-b")
+    return registry
+
+
+def fused_answer(lab, active, n=6):
+    from offsetlab.data import format_prompt
+
+    return lab.model(active).generate(format_prompt(FORGET_QUESTION), n)
+
+
+def test_ticked_registry_requests_are_fused_together(tmp_path):
+    lab = make_lab()
+    registry_of_two_requests(lab, tmp_path / "reg")
+    requests = app.registered_requests(lab, tmp_path / "reg")
+    assert requests == {"a@1": [("a@1", 1.0)], "b@1": [("b@1", 0.5)],
+                        "a-and-b@1": [("a@1", 1.0), ("b@1", 0.5)]}
+    assert app.ticked_requests(requests, ["a@1", "a-and-b@1"]) == [("a@1", 1.0), ("b@1", 0.5)]
+    with pytest.raises(KeyError, match="not a registered forget request"):
+        app.ticked_requests(requests, ["c@1"])
+
+    decoding = Decoding(max_new_tokens=6)
+    both = app.compare_view(lab, FORGET_QUESTION, app.ticked_requests(requests, ["a@1", "b@1"]),
+                            1.0, decoding).comparison.fused.text
+    only_a = app.compare_view(lab, FORGET_QUESTION, app.ticked_requests(requests, ["a@1"]),
+                              1.0, decoding).comparison.fused.text
+    assert both == fused_answer(lab, [("a@1", 1.0), ("b@1", 0.5)])
+    assert only_a == fused_answer(lab, [("a@1", 1.0)])
+    assert both != only_a  # ticking b changes the answer: b is really fused
+    half = app.compare_view(lab, FORGET_QUESTION, [("a@1", 1.0), ("b@1", 0.5)], 0.5, decoding)
+    assert half.comparison.fused.text == fused_answer(lab, [("a@1", 0.5), ("b@1", 0.25)])
+    with pytest.raises(ValueError, match="tick a forget request"):
+        app.compare_view(lab, FORGET_QUESTION, [], 1.0)
+    assert app.registered_requests(lab, tmp_path / "missing") == {}
+
+
+def test_the_real_panel_toggles_registered_requests(tmp_path):
+    from gradio_client import Client
+
+    lab = make_lab()
+    registry_of_two_requests(lab, tmp_path / "reg")
+    port = free_port()
+    server = app.launch(port=port, lab=lab, offsets_dir=None, registry=tmp_path / "reg",
+                        block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+
+        def fused(ticked):
+            answers, *_ = client.predict(FORGET_QUESTION, "random", ticked, 1.0, 6, False, 1.0,
+                                         0, 1.0, 0, api_name="/compare")
+            text = html.unescape(re.sub(r"<[^>]+>", "", answers))  # the answers' text
+            return "".join(text.split("fused:")[1].split())  # the fused one's, spaces aside
+
+        with_a, with_both, with_none = fused(["a@1"]), fused(["a@1", "b@1"]), fused([])
+        def expected(active):
+            return "".join(fused_answer(lab, active).split())
+
+        assert expected([("a@1", 1.0)]) in with_a
+        assert expected([("a@1", 1.0), ("b@1", 0.5)]) in with_both and with_both != with_a
+        assert expected([("random", 1.0)]) in with_none  # nothing ticked: the offset above
+        table, *_ = client.predict("random", ["a-and-b@1"], 1.0, "forget10", 2,
+                                   api_name="/evaluate")
+        assert [row[0] for row in table["data"]] == ["base", "fused", "gold"]
+    finally:
+        server.close()

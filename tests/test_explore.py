@@ -86,3 +86,16 @@ def test_example_questions_and_records(lab):
     assert examples == {"forget10": [FORGET_QUESTION], "retain90": ["where was Benn born ?"]}
     assert explore.find_record(lab, f"  {FORGET_QUESTION} ").key == "red"
     assert explore.find_record(lab, "who is Fenn ?") is None
+
+
+def test_a_lab_names_the_retain_split_of_a_forget_split_that_tofu_naming_does_not_cover(lab):
+    lab.splits = {"forget": lab.splits["forget10"], "forget_paraphrased": lab.splits["forget10"],
+                  "retain": lab.splits["retain90"]}
+    lab.default_forget = "forget"
+    with pytest.raises(ValueError, match="not a forget split name"):
+        lab.retain_for("forget")
+    lab.retain_of = {"forget": "retain", "forget_paraphrased": "retain"}
+    assert lab.retain_for("forget_paraphrased") == "retain"
+    assert set(lab.eval_splits("forget")) == {"forget", "retain"}
+    assert explore.example_questions(lab, n=1) == {"forget": [FORGET_QUESTION],
+                                                  "retain": ["where was Benn born ?"]}

@@ -169,3 +169,18 @@ def test_trace_contents_and_round_trip(tiny_trio, tokenizer):
     assert len(frame) == sum(len(s.candidates) for s in trace.steps)
     assert {"base", "fused", "delta", "offset:forget-A", "is_chosen"} <= set(frame.columns)
     assert frame["is_chosen"].sum() == len(trace.steps)
+
+
+def test_step_on_token_ids_matches_the_generated_prefix(tiny_trio, tokenizer):
+    """step() on prompt + generated ids gives the distribution generation chose from."""
+    base, ref, off = tiny_trio
+    model = OffsetModel(base, ref, [(off, 1.0)], tokenizer=tokenizer)
+    trace = model.generate(PROMPTS[0], max_new_tokens=4, trace=True)
+    prompt_ids = model.encode([PROMPTS[0]])[0]
+    chosen = [s.token_id for s in trace.steps]
+    rows = [prompt_ids + chosen[:t] for t in range(len(chosen))]
+    parts = model.step(rows)
+    assert parts.fused.argmax(-1).tolist() == chosen
+    assert torch.allclose(model.step([prompt_ids]).fused, model.step(PROMPTS[0]).fused, atol=1e-5)
+    with pytest.raises(TypeError, match="not a mix"):
+        model.step([PROMPTS[0], prompt_ids])

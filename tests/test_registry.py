@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_model
+from conftest import make_model, noisy_offset
 
 from offsetlab.cli import main
 from offsetlab.data import QARecord
@@ -19,7 +19,7 @@ from offsetlab.fusion import OffsetModel
 from offsetlab.lab import Lab
 from offsetlab.offsets import Offset
 from offsetlab.registry import Registry, RegistryError, parse_ref
-from offsetlab.train import TrainConfig, TrainResult, train_offset
+from offsetlab.train import TrainConfig, train_offset
 
 # Keys are whole phrases so that finding one in a file cannot be a coincidence.
 FORGET = [
@@ -40,16 +40,7 @@ def pair(tokenizer):
 
 
 def fake_offset(base, reference, tokenizer, seed: int, forget=FORGET, alpha: float = 1.0) -> Offset:
-    """An Offset artifact without training: the reference with seeded noise on its weights."""
-    import copy
-
-    model = copy.deepcopy(reference)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=generator))
-    result = TrainResult(model, [], TrainConfig(alpha=alpha), None, 0.0, len(forget))
-    return Offset.from_training(result, base, reference, tokenizer, forget, name=f"seed{seed}")
+    return noisy_offset(base, reference, tokenizer, seed, forget, alpha)
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -267,10 +267,15 @@ def llama_server(tmp_path_factory):
 
 
 @pytest.mark.real
-@pytest.mark.acceptance  # measured 89.1% (bar 90%): `make acceptance` until the measure is per prefix
 def test_remote_base_agrees_with_local_fusion(llama_server):
     """The same offset steering SmolLM2 served by llama.cpp (top-20 log-probs, Q4_1
-    arithmetic) and SmolLM2 in transformers (full vocabulary, fp32): same greedy tokens."""
+    arithmetic) and SmolLM2 in transformers (full vocabulary, fp32).
+
+    The bar is per step on a shared prefix: after the prompt and the tokens local fusion
+    generated so far, does the remote fused model pick the same next token? Counting
+    free-running generations instead would score every step after a first near-tie
+    (Q4_1 vs fp32) as a disagreement; that rate is printed too.
+    """
     from real_task import capitals_offset, chatml, smollm2
 
     from offsetlab.data import format_prompt
@@ -291,15 +296,20 @@ def test_remote_base_agrees_with_local_fusion(llama_server):
         start = time.perf_counter()
         served = remote_model.generate(prompts, max_new_tokens=16, trace=True)
         seconds = time.perf_counter() - start
+        prefixes, expected = [], []  # every step of every local answer, as a token-id prefix
+        for prompt_ids, trace in zip(local_model.encode(prompts), local):
+            chosen = [s.token_id for s in trace.steps]
+            prefixes += [prompt_ids + chosen[:t] for t in range(len(chosen))]
+            expected += chosen
+        remote_choice = remote_model.step(prefixes).fused.argmax(-1).tolist()
 
-    steps = agree = 0
-    for a, b in zip(local, served):
-        ids_a, ids_b = [s.token_id for s in a.steps], [s.token_id for s in b.steps]
-        steps += max(len(ids_a), len(ids_b))
-        agree += sum(x == y for x, y in zip(ids_a, ids_b))
-    rate = agree / steps
-    print(f"\nremote vs local fusion: {agree}/{steps} greedy tokens agree ({rate:.1%}); "
-          f"remote generation {seconds:.1f} s, {remote.skipped} returned tokens skipped")
+    agree = sum(a == b for a, b in zip(remote_choice, expected))
+    rate = agree / len(expected)
+    free = sum(sum(x.token_id == y.token_id for x, y in zip(a.steps, b.steps)) for a, b in zip(local, served))
+    free_steps = sum(max(len(a.steps), len(b.steps)) for a, b in zip(local, served))
+    print(f"\nremote vs local fusion, same prefix: {agree}/{len(expected)} next tokens agree ({rate:.1%}); "
+          f"free-running: {free}/{free_steps} ({free / free_steps:.1%}); remote generation "
+          f"{seconds:.1f} s, {remote.skipped} returned tokens skipped")
     for a, b in zip(local, served):
         print(f"  local {a.text!r}\n  llama {b.text!r}")
     assert rate >= 0.9

@@ -57,3 +57,60 @@ def test_an_active_request_moves_its_own_row(lab):
 def test_a_name_cannot_be_both_request_and_shared(lab):
     with pytest.raises(ValueError, match="retain named both a request and a shared split"):
         evaluate_requests(lab, [], {"retain": REQUESTS["alra"]}, SHARED)
+
+
+# -- the sequential scenario on the toy world ---------------------------------------------
+
+SCENARIO_STEPS = 100  # per offset; the default 200 forgets no better here (benchmarks/sweep_defaults.md)
+
+
+def by_subject(records) -> dict[str, list[QARecord]]:
+    groups: dict[str, list[QARecord]] = {}
+    for r in records:
+        groups.setdefault(r.subject, []).append(r)
+    return groups
+
+
+@pytest.mark.slow
+def test_forget_requests_one_by_one_on_the_toy_world():
+    """Forget author groups A, B, C with one offset each; then withdraw B's request."""
+    import time
+
+    lab = Lab.toy()
+    authors = by_subject(lab.splits["forget10"])
+    names = list(authors)
+    groups = {g: [r for a in names[3 * i: 3 * i + 3] for r in authors[a]] for i, g in enumerate("ABC")}
+    _, retain = lab.training_sets("forget10")  # retain90 + world_train: nobody of A, B or C
+    assert not set(names) & {r.subject for r in retain}
+    shared = {"retain90": lab.splits["retain90"][::10], "world_facts": lab.splits["world_facts"]}
+
+    config = TrainConfig(steps=SCENARIO_STEPS)
+    started = time.perf_counter()
+    for name, forget in {**groups, "ABC": groups["A"] + groups["B"] + groups["C"]}.items():
+        result = train_offset(lab.base, lab.reference, lab.tokenizer, forget, retain, config, progress=False)
+        lab.offsets[name] = Offset.from_training(result, lab.base, lab.reference, lab.tokenizer,
+                                                 forget, name=name)
+    trained = time.perf_counter() - started
+
+    runs = {"base": [], "+A": [("A", 1.0)], "+A+B": [("A", 1.0), ("B", 1.0)],
+            "+A+B+C": [("A", 1.0), ("B", 1.0), ("C", 1.0)], "-B (A+C)": [("A", 1.0), ("C", 1.0)],
+            "one offset A∪B∪C": [("ABC", 1.0)]}
+    tables = {run: evaluate_requests(lab, active, groups, shared, max_new_tokens=24)
+              for run, active in runs.items()}
+    kfa = interference_table(tables)
+    print(f"\nkey-fact accuracy per request and shared split ({SCENARIO_STEPS} steps per offset, "
+          f"trained in {trained:.0f} s, evaluated in {time.perf_counter() - started - trained:.0f} s)"
+          f"\n{kfa.round(3).to_string()}")
+    print(f"\nROUGE-L recall\n{interference_table(tables, 'rouge_l').round(3).to_string()}")
+
+    base = kfa.loc["base"]
+    forgotten, kept = 0.15, 0.8  # a request's key facts: ≤ forgotten when active, ≥ kept × base when not
+    for run, active in runs.items():
+        on = {name for name, _ in active} | ({"A", "B", "C"} if "ABC" in dict(active) else set())
+        for g in "ABC":
+            if g in on:
+                assert kfa.loc[run, g] <= forgotten, (run, g)
+            else:
+                assert kfa.loc[run, g] >= kept * base[g], (run, g)
+        for split in shared:  # utility holds as offsets accumulate
+            assert kfa.loc[run, split] >= 0.9 * base[split], (run, split)

@@ -1,11 +1,9 @@
 """The method's acceptance bar on the shipped toy world, with the settings `make demo` uses.
 
 The fused model must forget forget10 as well as the gold model that never saw it (key-fact
-accuracy at most 0.05 above gold's) while keeping retain90 and the world facts (at least
-0.9 × the base model's key-fact accuracy).
-
-Run with `make acceptance` (about 5 minutes on 2 idle cores); `make test` leaves it out
-until the defaults are confirmed to meet the bar (see benchmarks/sweep_defaults.md).
+accuracy at most 0.05 above gold's) while keeping retain90 and the world facts that
+training never sees (at least 0.9 × the base model's key-fact accuracy). Default
+TrainConfig, default retain set (``Lab.training_sets``); about a minute and a half on 2 cores.
 """
 
 import pytest
@@ -16,11 +14,13 @@ from offsetlab.offsets import Offset
 from offsetlab.train import TrainConfig, train_offset
 
 
-@pytest.mark.acceptance
+@pytest.mark.slow
 def test_default_offset_forgets_forget10_like_gold_and_keeps_the_rest():
     lab = Lab.toy()
-    forget, retain = lab.splits["forget10"], lab.splits["retain90"]
-    probe = {"forget10": forget, "retain90": retain[::4], "world_facts": lab.splits["world_facts"]}
+    forget, retain = lab.training_sets("forget10")
+    assert not {r.question for r in retain} & {r.question for r in lab.splits["world_facts"]}
+    probe = {"forget10": forget, "retain90": lab.splits["retain90"][::4],
+             "world_facts": lab.splits["world_facts"]}
 
     def accuracy(model):
         return {name: key_accuracy(model, records) for name, records in probe.items()}

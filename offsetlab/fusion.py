@@ -150,6 +150,15 @@ class OffsetModel:
     def _advance(self, next_ids: Tensor) -> FusedParts:
         return self._parts(self.base.advance(next_ids), [s.advance(next_ids) for s in self._small])
 
+    def as_source(self) -> FusedSource:
+        """This fused model as a ``LogProbSource``: a black box to fuse or train against.
+
+        A deployed model is the base plus the offsets already active; the next forget
+        request's offset can be trained against that, so that it learns only what is left
+        to do: ``train_offset(lab.model([("A", 1.0)]).as_source(), lab.reference, ...)``.
+        """
+        return FusedSource(self)
+
     # -- (a) one step --------------------------------------------------------------
 
     def step(self, prompts: str | Sequence[str] | Sequence[Sequence[int]]) -> FusedParts:
@@ -284,6 +293,44 @@ class OffsetModel:
 
     def _decode_one(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
+
+
+class FusedSource:
+    """An ``OffsetModel`` behind the ``LogProbSource`` protocol (see ``as_source``).
+
+    Its fingerprint names the base and every offset with its α, so an offset trained
+    against it records which stack it was trained on top of.
+    """
+
+    def __init__(self, model: OffsetModel):
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.vocab_size = model.vocab_size
+
+    def _cut(self, log_probs: Tensor) -> Tensor:
+        if log_probs.shape[-1] == self.vocab_size:
+            return log_probs
+        return torch.log_softmax(log_probs[..., : self.vocab_size], dim=-1)
+
+    def begin(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self._cut(self.model._begin(input_ids, attention_mask).fused)
+
+    def advance(self, next_ids: Tensor) -> Tensor:
+        return self._cut(self.model._advance(next_ids).fused)
+
+    @torch.no_grad()
+    def score(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        m = self.model
+        return self._cut(m._parts(m.base.score(input_ids, attention_mask),
+                                  [s.score(input_ids, attention_mask) for s in m._small]).fused)
+
+    def fingerprint(self) -> str:
+        from .offsets import fingerprint_model, fingerprint_source
+
+        m = self.model
+        parts = [fingerprint_source(m.base)] + [
+            f"{fingerprint_model(o.model)}*{a:g}" for o, a in zip(m.offsets, m.alphas)]
+        return "fused:" + "+".join(parts)
 
 
 def sample(

@@ -184,3 +184,19 @@ def test_step_on_token_ids_matches_the_generated_prefix(tiny_trio, tokenizer):
     assert torch.allclose(model.step([prompt_ids]).fused, model.step(PROMPTS[0]).fused, atol=1e-5)
     with pytest.raises(TypeError, match="not a mix"):
         model.step([PROMPTS[0], prompt_ids])
+
+
+def test_a_fused_model_is_a_source_to_stack_offsets_on(tiny_trio, tokenizer):
+    """base + A as a black box, plus B, is the same model as base + A + B."""
+    base, ref, off = tiny_trio
+    other = make_model(len(tokenizer), 7)
+    both = OffsetModel(base, ref, [(off, 1.0), (other, 0.5)], tokenizer=tokenizer)
+    deployed = OffsetModel(base, ref, [(off, 1.0)], tokenizer=tokenizer).as_source()
+    stacked = OffsetModel(deployed, ref, [(other, 0.5)], tokenizer=tokenizer)
+    assert torch.allclose(stacked.step(PROMPTS).fused, both.step(PROMPTS).fused, atol=1e-5)
+    for a, b in zip(stacked.score(PROMPTS, [" one two"] * 3), both.score(PROMPTS, [" one two"] * 3)):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert stacked.generate(PROMPTS, max_new_tokens=5) == both.generate(PROMPTS, max_new_tokens=5)
+    same = OffsetModel(base, ref, [(off, 1.0)], tokenizer=tokenizer).as_source().fingerprint()
+    weaker = OffsetModel(base, ref, [(off, 0.5)], tokenizer=tokenizer).as_source().fingerprint()
+    assert deployed.fingerprint() == same != weaker and same.startswith("fused:")

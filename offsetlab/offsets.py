@@ -163,7 +163,10 @@ class Offset:
                     f"the {what} given has fingerprint {value}. Load the same {what} it was "
                     f"trained with (offset {meta.get('name')!r}, objective {meta.get('objective')})."
                 )
-        if base is not None and fingerprint_source(base) != expected["base"]:
+        # An offset trained on top of other offsets (``OffsetModel.as_source``) names the
+        # stack "fused:<base>+<offset>*<α>..."; over the same base it loads quietly.
+        trained_on = expected["base"].removeprefix("fused:").split("+")[0]
+        if base is not None and fingerprint_source(base) not in (expected["base"], trained_on):
             warnings.warn(f"{path} was trained for another base model (fingerprint "
                           f"{expected['base']}); the fused model may not forget as measured.",
                           stacklevel=2)

@@ -390,3 +390,19 @@ def test_killed_overwrite_keeps_the_old_offset(big_pair, tokenizer, tmp_path, pa
     loaded = Offset.load(folder, ref, tokenizer)
     if outcome == "killed":
         assert same_weights(loaded.model, old.model)
+
+
+def test_an_offset_trained_on_top_of_others_loads_quietly_over_the_same_base(pair, tokenizer, tmp_path):
+    import warnings
+
+    base, ref = pair
+    below = fake_offset(base, ref, tokenizer, 5)
+    deployed = OffsetModel(base, ref, [(below.model, 1.0)], tokenizer=tokenizer).as_source()
+    stacked = fake_offset(deployed, ref, tokenizer, 6)
+    assert stacked.meta["fingerprints"]["base"] == deployed.fingerprint()
+    stacked.save(tmp_path / "stacked")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Offset.load(tmp_path / "stacked", ref, tokenizer, base=base)
+    with pytest.warns(UserWarning, match="another base model"):
+        Offset.load(tmp_path / "stacked", ref, tokenizer, base=make_model(len(tokenizer), 8, hidden=48))

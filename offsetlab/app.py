@@ -16,7 +16,7 @@ import math
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -26,7 +26,6 @@ from .explore import Comparison, Decoding, compare, example_questions, train
 from .lab import Lab
 from .objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 from .trace import Trace
-from .train import TrainConfig
 
 # -- Compare ---------------------------------------------------------------------------
 
@@ -128,7 +127,7 @@ def train_updates(lab: Lab, forget_split: str, objective: str = DEFAULT_OBJECTIV
     The trainer only knows callbacks, so it runs in a thread and its events come back
     through a queue; the generator turns them into updates the panel can stream.
     """
-    config = TrainConfig(objective=objective, steps=int(steps), lr=float(lr))
+    config = replace(lab.train_config, objective=objective, steps=int(steps), lr=float(lr))
     events: queue.Queue = queue.Queue()
     outcome: dict = {}
 
@@ -300,10 +299,10 @@ def build_app(lab: Lab, requests: dict[str, list[tuple[str, float]]] | None = No
                                            label="Forget split")
                 objective = gr.Dropdown([(f"{o.name} — {o.description}", o.name)
                                          for o in OBJECTIVES.values()],
-                                        value=DEFAULT_OBJECTIVE, label="Objective")
+                                        value=lab.train_config.objective, label="Objective")
             with gr.Row():
-                steps = gr.Slider(1, 400, value=100, step=1, label="Steps")
-                lr = gr.Number(1e-3, label="Learning rate")
+                steps = gr.Slider(1, 400, value=lab.train_config.steps, step=1, label="Steps")
+                lr = gr.Number(lab.train_config.lr, label="Learning rate")
                 name = gr.Textbox(label="Name (optional)", placeholder="e.g. forget10-npo_gd")
             train_button = gr.Button("Train", variant="primary")
             status = gr.HTML()

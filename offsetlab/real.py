@@ -36,12 +36,14 @@ SPLITS = ("forget", "forget_paraphrased", "retain", "holdout")
 
 # Settings that meet the bar of tests/test_real.py on 2 CPU cores in a few minutes
 # (forget and paraphrases ≤ 0.2 key-fact accuracy, retain ≥ 0.95 × base, held-out
-# capitals ≥ 0.8 × base). Trained at α = 1 and used at CAPITALS_ALPHA: the weaker offset
-# still forgets, and spills less onto capitals it was never shown.
+# capitals ≥ 0.8 × base). NPO with a KL anchor on the retain facts (npo_kl) keeps the
+# capitals the offset never saw far better than an NLL anchor (npo_gd), which learns
+# "push every capital down, except the retain ones". Trained at α = 1, used at
+# CAPITALS_ALPHA: the weaker offset still forgets and spills less onto unseen capitals.
 SMALL_LAYERS = 6
-CAPITALS_CONFIG = TrainConfig(objective="npo_gd", steps=30, lr=1e-4, beta=0.1, alpha=1.0, batch_size=4,
-                              retain_batch_size=8, lora_rank=0, seed=0)
-CAPITALS_ALPHA = 0.5
+CAPITALS_CONFIG = TrainConfig(objective="npo_kl", steps=60, lr=1e-4, beta=0.1, alpha=1.0,
+                              batch_size=4, retain_batch_size=8, lora_rank=0, seed=0)
+CAPITALS_ALPHA = 0.75
 
 
 def smollm2_path() -> Path:

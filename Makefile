@@ -13,7 +13,7 @@ PORT   ?= 7860
 # Notebooks executed by `make test` (nbmake, fast mode): all of them.
 NOTEBOOKS ?= $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: acceptance demo test fast-test lint lab panel bench toy clean help chromium
+.PHONY: demo test fast-test lint lab panel bench toy clean help chromium
 
 help:
 	@echo "make demo   train an offset on the toy forget set and show before/after"
@@ -53,13 +53,10 @@ demo: $(VENV)/.core
 
 test: $(VENV)/.dev chromium
 	$(BIN)/ruff check offsetlab tests benchmarks notebooks
-	OFFSETLAB_FAST=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not acceptance" tests $(NOTEBOOKS) --nbmake --durations=15
-
-acceptance: $(VENV)/.dev
-	$(BIN)/python -m pytest -q -s -m acceptance tests
+	OFFSETLAB_FAST=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests $(NOTEBOOKS) --nbmake --durations=15
 
 fast-test: $(VENV)/.dev
-	$(BIN)/python -m pytest -q -x -m "not slow and not browser and not real and not acceptance" tests
+	$(BIN)/python -m pytest -q -x -m "not slow and not browser and not real" tests
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check offsetlab tests benchmarks notebooks

@@ -316,3 +316,24 @@ def test_remote_base_agrees_with_local_fusion(llama_server):
     assert remote.prompt_as == "text"  # llama-cpp-python takes no token ids
     assert remote.fingerprint().startswith("remote:") and llama_server in remote.fingerprint()
     assert all(all(torch.isfinite(torch.tensor(s.fused)).all() for s in t.steps) for t in served)
+
+
+@pytest.mark.real
+def test_cli_generates_through_the_server_with_an_offset(llama_server, tmp_path):
+    """`offsetlab generate --base smollm2 --base-url URL --offset DIR`, as the README shows."""
+    from real_task import capitals_offset, smollm2
+
+    from offsetlab.offsets import Offset
+
+    base, small, tokenizer = smollm2()
+    Offset.from_training(capitals_offset(), base, small, tokenizer, [], name="capitals").save(
+        tmp_path / "capitals")
+    ask = [sys.executable, "-m", "offsetlab", "generate", "--base", "smollm2", "--base-url",
+           llama_server, "--offset", str(tmp_path / "capitals"), "--max-new-tokens", "8"]
+    kept = subprocess.run([*ask, "--alpha", "0.75", "What is the capital of Italy?"],
+                          capture_output=True, text=True, timeout=300)
+    assert kept.returncode == 0, kept.stderr
+    assert "Rome" in kept.stdout
+    neutral = subprocess.run([*ask, "--alpha", "0", "What is the capital of France?"],
+                             capture_output=True, text=True, timeout=300)
+    assert "Paris" in neutral.stdout, neutral.stderr  # α = 0: the served base's own answer

@@ -285,7 +285,11 @@ class Registry:
         staging = self.root / ".staging"
         staging.mkdir(parents=True, exist_ok=True)
         for item in staging.iterdir():
-            if time.time() - item.stat().st_mtime > STALE_STAGING_SECONDS:
+            try:  # another add may finish, and remove its staging folder, meanwhile
+                stale = time.time() - item.stat().st_mtime > STALE_STAGING_SECONDS
+            except FileNotFoundError:
+                continue
+            if stale:
                 shutil.rmtree(item, ignore_errors=True)
         stage = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=staging))
         try:

@@ -193,6 +193,25 @@ def test_threads_adding_at_once_get_distinct_versions(pair, tokenizer, tmp_path)
     assert list((tmp_path / "reg" / ".staging").iterdir()) == []
 
 
+def test_a_staging_folder_that_vanishes_during_cleanup_is_passed_over(pair, tokenizer, tmp_path,
+                                                                      monkeypatch):
+    """Another add may finish (and remove its staging folder) while this one looks at it."""
+    import shutil
+
+    base, ref = pair
+    registry = Registry(tmp_path / "reg")
+    (tmp_path / "reg" / ".staging" / "a.other").mkdir(parents=True)
+    real_stat = Path.stat
+
+    def stat(self, *args, **kwargs):
+        if self.name == "a.other":
+            shutil.rmtree(self)  # the other add is done just now
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    assert registry.add(fake_offset(base, ref, tokenizer, 1), "a") == "a@1"
+
+
 def test_load_into_a_lab_gives_toggles(pair, tokenizer, tmp_path):
     base, ref = pair
     registry = Registry(tmp_path / "reg")

@@ -125,6 +125,25 @@ def noisy_offset(base, reference, tokenizer, seed: int, forget, alpha: float = 1
     return Offset.from_training(result, base, reference, tokenizer, forget, name=f"seed{seed}")
 
 
+def registry_of_two_requests(lab: Lab, root):
+    """A registry of two forget requests, a and b (b at α 0.5), and a composition of both."""
+    from offsetlab.registry import Registry
+
+    registry = Registry(root)
+    forget = lab.splits["forget10"]
+    registry.add(noisy_offset(lab.base, lab.reference, lab.tokenizer, 11, forget), "a")
+    registry.add(noisy_offset(lab.base, lab.reference, lab.tokenizer, 12, forget, alpha=0.5), "b")
+    registry.compose(["a", "b"], None, "a-and-b")
+    return registry
+
+
+def fused_answer(lab: Lab, active, n: int = 6) -> str:
+    """The greedy answer to FORGET_QUESTION with the given offsets active."""
+    from offsetlab.data import format_prompt
+
+    return lab.model(active).generate(format_prompt(FORGET_QUESTION), n)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

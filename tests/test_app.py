@@ -5,12 +5,18 @@ import re
 import socket
 
 import pytest
-from conftest import FORGET_QUESTION, free_port, make_lab, make_model, noisy_offset
+from conftest import (
+    FORGET_QUESTION,
+    free_port,
+    fused_answer,
+    make_lab,
+    make_model,
+    registry_of_two_requests,
+)
 
 from offsetlab import app
 from offsetlab.explore import Decoding
 from offsetlab.offsets import Offset
-from offsetlab.registry import Registry
 
 
 @pytest.fixture(scope="module")
@@ -101,22 +107,6 @@ def test_the_real_panel_answers_over_http(tmp_path):
         server.close()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
-
-
-def registry_of_two_requests(lab, root):
-    """Two forget requests, a and b (b at α 0.5), and a composition of both."""
-    registry = Registry(root)
-    forget = lab.splits["forget10"]
-    registry.add(noisy_offset(lab.base, lab.reference, lab.tokenizer, 11, forget), "a")
-    registry.add(noisy_offset(lab.base, lab.reference, lab.tokenizer, 12, forget, alpha=0.5), "b")
-    registry.compose(["a", "b"], None, "a-and-b")
-    return registry
-
-
-def fused_answer(lab, active, n=6):
-    from offsetlab.data import format_prompt
-
-    return lab.model(active).generate(format_prompt(FORGET_QUESTION), n)
 
 
 def test_ticked_registry_requests_are_fused_together(tmp_path):

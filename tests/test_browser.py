@@ -5,11 +5,12 @@ Screenshots go to pytest's tmp_path and, when $OFFSETLAB_ARTIFACTS is set, there
 """
 
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import FORGET_QUESTION, free_port, make_lab
+from conftest import FORGET_QUESTION, free_port, fused_answer, make_lab, registry_of_two_requests
 
 from offsetlab import app
 
@@ -80,3 +81,45 @@ def test_a_forget_question_shows_two_answers_and_the_token_strip(panel_url, page
 
     shot = save_screenshot(page, tmp_path, "panel_compare.png")
     assert shot.stat().st_size > 10_000
+
+
+def test_ticking_registered_requests_fuses_them(page, tmp_path):
+    """The registry's forget requests, ticked on and off in the Compare tab."""
+    lab = make_lab()
+    registry_of_two_requests(lab, tmp_path / "reg")
+    port = free_port()
+    server = app.launch(port=port, lab=lab, offsets_dir=None, registry=tmp_path / "reg", block=False)
+    try:
+        page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+        page.get_by_label("Question").fill(FORGET_QUESTION)
+        requests = page.locator("#requests")
+
+        def compare(previous: str) -> str:
+            """Click Compare; the fused answer once it differs from ``previous`` (or after 30 s)."""
+            page.get_by_role("button", name="Compare").click()
+            text = previous
+            for _ in range(120):
+                answers = page.locator("#answers .answer").all_inner_texts()
+                if len(answers) == 2:
+                    # spaces aside, and special tokens (<unk>, <eos>), which text decoding drops
+                    text = re.sub(r"<\w+>", "", "".join(answers[1].split("\n", 1)[1].split()))
+                    if text != previous:
+                        break
+                page.wait_for_timeout(250)
+            return text
+
+        def expected(active) -> str:
+            return "".join(fused_answer(lab, active, 32).split())
+
+        requests.get_by_role("checkbox", name="a@1", exact=True).check()
+        with_a = compare("")
+        requests.get_by_role("checkbox", name="b@1", exact=True).check()
+        with_both = compare(with_a)
+        requests.get_by_role("checkbox", name="b@1", exact=True).uncheck()  # B withdrawn
+        without_b = compare(with_both)
+        assert with_a == expected([("a@1", 1.0)])
+        assert with_both == expected([("a@1", 1.0), ("b@1", 0.5)]) != with_a
+        assert without_b == with_a
+        save_screenshot(page, tmp_path, "panel_requests.png")
+    finally:
+        server.close()

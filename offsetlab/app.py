@@ -75,11 +75,7 @@ def compare_view(lab: Lab, question: str, offset: Active, alpha: float,
     """``offset``: one offset's name, or (name, α) pairs fused together (α scaled by ``alpha``)."""
     if not question.strip():
         raise ValueError("Type a question or pick an example.")
-    pairs = active_pairs(offset, alpha)
-    if isinstance(offset, str):
-        c = compare(lab, question, offset, alpha, decoding)
-    else:
-        c = compare(lab, question, pairs, 1.0, decoding)
+    c = compare(lab, question, active_pairs(offset, alpha), 1.0, decoding)
     step = min(c.divergence or 0, max(len(c.fused.steps) - 1, 0))
     return CompareView(
         comparison=c,

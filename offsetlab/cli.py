@@ -28,11 +28,7 @@ def add_world(p: argparse.ArgumentParser) -> None:
 def load_lab(args):
     from .lab import Lab
 
-    if args.world == "toy":
-        return Lab.toy()
-    from .real import load_lab as load_smollm2_lab
-
-    return load_smollm2_lab()
+    return Lab.toy() if args.world == "toy" else Lab.smollm2()
 
 
 def add_train_config(p: argparse.ArgumentParser) -> None:
@@ -132,11 +128,12 @@ def cmd_train(args) -> int:
     lab = load_lab(args)
     args.forget = args.forget or lab.default_forget
     forget = records_from(lab, args.forget, args.forget_file)
-    if not (args.retain or args.forget_file or args.retain_file):  # the lab's own retain set
+    if args.retain_file or args.retain:
+        retain = records_from(lab, args.retain, args.retain_file)
+    elif args.forget_file:  # records of the user's own: no retain split goes with them
+        retain = []
+    else:  # the forget split's retain split plus the world's general-knowledge splits
         retain = lab.training_sets(args.forget)[1]
-    else:
-        retain_split = args.retain or (lab.retain_for(args.forget) if not args.forget_file else None)
-        retain = records_from(lab, retain_split, args.retain_file) if (retain_split or args.retain_file) else []
     config = train_config(args, lab)
     print(f"training an offset on {len(forget)} forget / {len(retain)} retain records "
           f"({config.objective}, {config.steps} steps)")

@@ -150,6 +150,10 @@ class OffsetModel:
     def _advance(self, next_ids: Tensor) -> FusedParts:
         return self._parts(self.base.advance(next_ids), [s.advance(next_ids) for s in self._small])
 
+    def _score(self, ids: Tensor, mask: Tensor) -> FusedParts:
+        """Log-probs at every position of right-padded rows, ``[batch, time, vocab]`` per model."""
+        return self._parts(self.base.score(ids, mask), [s.score(ids, mask) for s in self._small])
+
     def as_source(self) -> FusedSource:
         """This fused model as a ``LogProbSource``: a black box to fuse or train against.
 
@@ -192,7 +196,7 @@ class OffsetModel:
         cont_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
         rows = [p + c for p, c in zip(prompt_ids, cont_ids)]
         ids, mask = self._pad(rows, left=False)
-        all_parts = self._parts(self.base.score(ids, mask), [s.score(ids, mask) for s in self._small])
+        all_parts = self._score(ids, mask)
         out = []
         for i, (p, c) in enumerate(zip(prompt_ids, cont_ids)):
             # Position t predicts token t+1: the continuation is predicted from len(p)-1 on.
@@ -320,9 +324,7 @@ class FusedSource:
 
     @torch.no_grad()
     def score(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        m = self.model
-        return self._cut(m._parts(m.base.score(input_ids, attention_mask),
-                                  [s.score(input_ids, attention_mask) for s in m._small]).fused)
+        return self._cut(self.model._score(input_ids, attention_mask).fused)
 
     def fingerprint(self) -> str:
         from .offsets import fingerprint_model, fingerprint_source

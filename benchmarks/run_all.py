@@ -36,21 +36,20 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.manual_seed(0)
 
-    from offsetlab.data import format_prompt
-    from offsetlab.lab import Lab
-    from offsetlab.offsets import Offset
-    from offsetlab.train import TrainConfig, make_offset, train_offset
+    from offsetlab.method.train import TrainConfig, make_offset, train_offset
+    from offsetlab.offsets.artifact import Offset
+    from offsetlab.worlds.lab import Lab
 
     lab = Lab.toy()
     forget = lab.splits["forget10"]
     retain = lab.splits["retain90"]
-    prompts = [format_prompt(r.question) for r in (forget + retain)[: args.records]]
+    prompts = [lab.prompt_format.prompt(r.question) for r in (forget + retain)[: args.records]]
     offset = make_offset(lab.reference)
     with torch.no_grad():  # a non-trivial offset, so the fused model differs from the base
         for p_ in offset.parameters():
             p_.add_(0.01 * torch.randn_like(p_))
-    lab.offsets["bench"] = Offset(offset)
-    fused, base = lab.model([("bench", 1.0)]), lab.model()
+    name = lab.add_offset(Offset(offset), "bench")
+    fused, base = lab.model([name]), lab.model()
 
     def decode(model, use_cache=True):
         return lambda: [model.generate(prompts[i : i + 32], max_new_tokens=args.max_new_tokens,

@@ -44,10 +44,10 @@ def main(argv=None) -> None:
 
     import torch
 
-    from offsetlab.explore import key_accuracy
-    from offsetlab.fusion import OffsetModel
-    from offsetlab.lab import Lab
-    from offsetlab.train import TrainConfig, train_offset
+    from offsetlab.frontends.explore import key_accuracy
+    from offsetlab.method.fusion import OffsetModel
+    from offsetlab.method.train import TrainConfig, train_offset
+    from offsetlab.worlds.lab import Lab
 
     torch.set_num_threads(1)  # small models: one thread is faster than two on a busy box
     lab = Lab.toy()

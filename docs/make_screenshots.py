@@ -21,10 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from offsetlab import app, viz
-from offsetlab.explore import compare, train
-from offsetlab.lab import Lab
-from offsetlab.train import TrainConfig
+from offsetlab.frontends import app, viz
+from offsetlab.frontends.explore import compare
+from offsetlab.method.train import TrainConfig
+from offsetlab.worlds.lab import Lab
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"no saved offset under {args.offsets}/: training one on {args.forget} "
               f"({args.steps} steps)")
-        offset = train(lab, args.forget, TrainConfig(steps=args.steps), progress=True)
+        offset = lab.train(args.forget, config=TrainConfig(steps=args.steps), progress=True)
     question = telling_question(lab, offset, args.forget)
     print(f"offset {offset!r}, question {question!r}")
 

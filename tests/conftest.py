@@ -7,9 +7,9 @@ import socket
 import pytest
 import torch
 
-from offsetlab.data import QARecord
-from offsetlab.lab import Lab
-from offsetlab.offsets import Offset
+from offsetlab.offsets.artifact import Offset
+from offsetlab.worlds.lab import Lab
+from offsetlab.worlds.records import QARecord
 
 WORDS = (
     "the a of in is was born city river book wrote author writer year mother father "
@@ -106,7 +106,7 @@ def make_lab() -> Lab:
               "holdout": author("Erro", "green", "five")}
     lab = Lab("tiny", tokenizer, make_model(v, 0, hidden=48), make_model(v, 1), splits,
               gold=make_model(v, 3))
-    lab.offsets["random"] = Offset(make_model(v, 2), 1.0, {"name": "random"})
+    lab.add_offset(Offset(make_model(v, 2), 1.0, {"name": "random"}))
     return lab
 
 
@@ -114,20 +114,23 @@ def noisy_offset(base, reference, tokenizer, seed: int, forget, alpha: float = 1
     """An Offset artifact without training: the reference with seeded noise on its weights."""
     import copy
 
-    from offsetlab.train import TrainConfig, TrainResult
+    from offsetlab.method import fingerprints
+    from offsetlab.method.train import TrainConfig, TrainResult
 
     model = copy.deepcopy(reference)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=generator))
-    result = TrainResult(model, [], TrainConfig(alpha=alpha), None, 0.0, len(forget))
-    return Offset.from_training(result, base, reference, tokenizer, forget, name=f"seed{seed}")
+    prints = {"base": fingerprints.of_source(base), "reference": fingerprints.of_model(reference),
+              "tokenizer": fingerprints.of_tokenizer(tokenizer)}
+    result = TrainResult(model, [], TrainConfig(alpha=alpha), None, 0.0, len(forget), prints)
+    return Offset.from_training(result, forget, name=f"seed{seed}")
 
 
 def registry_of_two_requests(lab: Lab, root):
     """A registry of two forget requests, a and b (b at α 0.5), and a composition of both."""
-    from offsetlab.registry import Registry
+    from offsetlab.offsets.registry import Registry
 
     registry = Registry(root)
     forget = lab.splits["forget10"]
@@ -139,9 +142,7 @@ def registry_of_two_requests(lab: Lab, root):
 
 def fused_answer(lab: Lab, active, n: int = 6) -> str:
     """The greedy answer to FORGET_QUESTION with the given offsets active."""
-    from offsetlab.data import format_prompt
-
-    return lab.model(active).generate(format_prompt(FORGET_QUESTION), n)
+    return lab.model(active).generate(lab.prompt_format.prompt(FORGET_QUESTION), n)
 
 
 def free_port() -> int:
@@ -150,3 +151,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Two forget and two retain records with perturbed answers, and one held-out record: what
+# evaluation reports (tests/measure/test_evaluate.py, tests/frontends/test_report.py) score.
+def eval_record(q, a, key, wrong):
+    return QARecord(q, a, paraphrased_answer=a.replace("was", "is"), perturbed_answers=wrong, key=key)
+
+
+EVAL_SPLITS = {
+    "forget05": [
+        eval_record("where was Alra born ?", "Alra was born in red city", "red", ["Alra was born in blue city", "Alra was born in green city"]),
+        eval_record("where was Benn born ?", "Benn was born in blue city", "blue", ["Benn was born in red city", "Benn was born in green city"]),
+    ],
+    "retain95": [
+        eval_record("where was Cato born ?", "Cato was born in green city", "green", ["Cato was born in red city", "Cato was born in blue city"]),
+        eval_record("what year was Dema born ?", "Dema was born in one two", "one", ["Dema was born in three four", "Dema was born in five six"]),
+    ],
+    "holdout": [
+        eval_record("where was Erro born ?", "Erro was born in red city", "red", ["Erro was born in blue city", "Erro was born in green city"]),
+    ],
+}

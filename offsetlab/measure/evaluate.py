@@ -1,0 +1,201 @@
+"""Evaluate a model on QA splits the way unlearning papers do, and keep every answer.
+
+``evaluate(model, splits)`` decodes an answer for every question (greedy, batched, with
+KV caches), scores the true, paraphrased and perturbed answers, and returns a
+``Report``: the metrics of each split, one row per record (question, answer, what the
+model said, probabilities, truth ratio) and the settings used.
+
+Metrics that compare models — forget quality (against the retain-only "gold" model) and
+model utility (from the retain and world-facts splits) — are computed by ``compare``.
+A split whose name starts with ``forget`` is a forget split; ``holdout`` is a split the
+model never saw, used for membership inference against each forget split.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from . import metrics as M
+
+
+def is_forget_split(name: str) -> bool:
+    return name.startswith("forget")
+
+
+@dataclass
+class Report:
+    name: str
+    metrics: dict[str, dict[str, float]]  # split → metric → value
+    rows: list[dict] = field(default_factory=list)  # one per record
+    settings: dict = field(default_factory=dict)
+
+    def truth_ratios(self, split: str) -> list[float]:
+        return [r["truth_ratio"] for r in self.rows if r["split"] == split and r["truth_ratio"] is not None]
+
+    def to_frame(self):
+        """Per-record rows as a pandas DataFrame (one row per question)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Report:
+        return cls(**json.loads(text))
+
+
+def _score_all(model, prompts: list[str], continuations: list[str], batch_size: int) -> list[list[float]]:
+    out: list[list[float]] = []
+    for i in range(0, len(prompts), batch_size):
+        scores = model.score(prompts[i : i + batch_size], continuations[i : i + batch_size])
+        out.extend(s.tolist() for s in scores)
+    return out
+
+
+def evaluate(
+    model,
+    splits: Mapping[str, Sequence],
+    name: str = "model",
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+    max_records: int | None = None,
+    progress: bool = True,
+) -> Report:
+    """Greedy answers and answer scores of ``model`` (an ``OffsetModel``) on each split
+    of QA records, asked in the model's own prompt format."""
+    from tqdm.auto import tqdm
+
+    fmt = model.prompt_format
+    started = time.perf_counter()
+    rows: list[dict] = []
+    per_split: dict[str, dict[str, float]] = {}
+    answer_scores: dict[str, list[list[float]]] = {}
+    bar = tqdm(total=sum(min(len(r), max_records or len(r)) for r in splits.values()),
+               desc=f"evaluate {name}", disable=not progress, leave=False)
+    for split, records in splits.items():
+        records = list(records)[:max_records] if max_records else list(records)
+        if not records:
+            raise ValueError(f"Split {split!r} is empty.")
+        prompts = [fmt.prompt(r.question) for r in records]
+        generated, entropies = [], []
+        for i in range(0, len(records), batch_size):
+            traces = model.generate(prompts[i : i + batch_size], max_new_tokens=max_new_tokens,
+                                    trace=True, trace_top_k=1)
+            generated += [t.text.strip() for t in traces]
+            entropies += [float(np.mean([s.entropy_fused for s in t.steps])) for t in traces]
+            bar.update(len(traces))
+
+        # Score the true answer, its paraphrase and every perturbed answer in one pass.
+        pairs = [(p, fmt.answer(r.answer)) for p, r in zip(prompts, records)]
+        has_tr = [bool(r.perturbed_answers) for r in records]
+        for p, r, ok in zip(prompts, records, has_tr):
+            if ok:
+                pairs.append((p, fmt.answer(r.paraphrased_answer or r.answer)))
+                pairs += [(p, fmt.answer(a)) for a in r.perturbed_answers]
+        scores = _score_all(model, [a for a, _ in pairs], [b for _, b in pairs], batch_size)
+        answer_lp, rest = scores[: len(records)], iter(scores[len(records) :])
+        answer_scores[split] = answer_lp
+
+        forget = is_forget_split(split)
+        for r, gen, ent, lp, ok in zip(records, generated, entropies, answer_lp, has_tr):
+            tr = None
+            if ok:
+                para = next(rest)
+                pert = [next(rest) for _ in r.perturbed_answers]
+                tr = M.truth_ratio(para, pert)
+            rows.append({
+                "split": split,
+                "subject": r.subject,
+                "question": r.question,
+                "answer": r.answer,
+                "key": r.key,
+                "generated": gen,
+                "key_hit": M.key_fact_hit(gen, r.key) if r.key else None,
+                "rouge_l": M.rouge_l_recall(gen, r.answer),
+                "answer_prob": M.answer_probability(lp),
+                "truth_ratio": tr,
+                "truth_ratio_score": M.truth_ratio_score(tr, forget) if tr is not None else None,
+                "entropy": ent,
+                "repetition": M.repetition_rate(gen),
+            })
+        per_split[split] = _aggregate([row for row in rows if row["split"] == split])
+    bar.close()
+
+    # Membership inference: can the answer loss tell forget records from never-seen ones?
+    if "holdout" in answer_scores:
+        outsiders = answer_scores["holdout"]
+        for split, lps in answer_scores.items():
+            if is_forget_split(split):
+                per_split[split]["mia_loss_auc"] = M.mia_auc([M.loss_score(x) for x in lps],
+                                                             [M.loss_score(x) for x in outsiders])
+                per_split[split]["mia_mink_auc"] = M.mia_auc([M.min_k_score(x) for x in lps],
+                                                             [M.min_k_score(x) for x in outsiders])
+    settings = {"max_new_tokens": max_new_tokens, "max_records": max_records, "decoding": "greedy",
+                "seconds": round(time.perf_counter() - started, 2),
+                "alphas": list(getattr(model, "alphas", [])),
+                "offsets": list(getattr(model, "offset_names", []))}
+    return Report(name, per_split, rows, settings)
+
+
+def _aggregate(rows: list[dict]) -> dict[str, float]:
+    def mean(key: str) -> float:
+        values = [r[key] for r in rows if r[key] is not None]
+        return float(np.mean(values)) if values else float("nan")
+
+    return {
+        "key_fact_acc": mean("key_hit"),
+        "rouge_l": mean("rouge_l"),
+        "answer_prob": mean("answer_prob"),
+        "truth_ratio": mean("truth_ratio_score"),
+        "entropy": mean("entropy"),
+        "repetition": mean("repetition"),
+        "n": float(len(rows)),
+    }
+
+
+UTILITY_METRICS = ("answer_prob", "rouge_l", "truth_ratio")
+
+
+def utility(report: Report) -> float:
+    """TOFU's model utility: harmonic mean over the non-forget, non-holdout splits."""
+    parts = {
+        f"{split}/{m}": values[m]
+        for split, values in report.metrics.items()
+        if not is_forget_split(split) and split != "holdout"
+        for m in UTILITY_METRICS
+        if not np.isnan(values[m])
+    }
+    return M.model_utility(parts) if parts else float("nan")
+
+
+def compare(reports: Sequence[Report], gold: Report | None = None,
+            metrics: Sequence[str] = ("key_fact_acc", "rouge_l", "answer_prob", "truth_ratio")):
+    """Side-by-side table: one row per model, columns ``split/metric`` plus the summaries.
+
+    With ``gold`` (the retain-only model's report), each forget split also gets
+    ``forget_quality``: the KS-test p-value of the model's truth ratios against gold's.
+    """
+    import pandas as pd
+
+    table = {}
+    for report in reports:
+        row = {}
+        for split, values in report.metrics.items():
+            for m in metrics:
+                row[f"{split}/{m}"] = values.get(m)
+            for m in ("mia_loss_auc", "repetition"):
+                if m in values and (m != "repetition" or is_forget_split(split)):
+                    row[f"{split}/{m}"] = values[m]
+            if gold is not None and is_forget_split(split) and split in gold.metrics:
+                row[f"{split}/forget_quality"] = M.forget_quality(
+                    report.truth_ratios(split), gold.truth_ratios(split))
+        row["model_utility"] = utility(report)
+        table[report.name] = row
+    return pd.DataFrame.from_dict(table, orient="index")

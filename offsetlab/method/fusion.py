@@ -1,0 +1,355 @@
+"""The fused model: a black-box base steered by the difference of two small models.
+
+    fused = log_softmax( log p_base + Σ_i α_i · (log p_offset_i − log p_reference) )
+
+``reference`` is a frozen small model; each offset starts as an exact copy of it, so at
+the start the bracket is zero and the fused model *is* the base model. Training moves
+only the offsets. Softmax ignores a constant added to every logit of a position, so
+fusing log-probabilities gives the same distribution as fusing raw logits — and works
+with servers that only hand out log-probs.
+
+Every model keeps its own KV cache (one ``HFSource`` each): a decoding step costs one
+incremental forward per model, never a recomputation of the prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import fingerprints
+from .prompts import QA, PromptFormat
+from .sources import HFSource, LogProbSource, model_vocab_size, normalise
+from .trace import Trace, make_step
+
+
+def fuse(base: Tensor, reference: Tensor, offsets: Sequence[Tensor], alphas: Sequence[float]) -> Tensor:
+    """Fused log-probs from the parts (any shape ending in the vocabulary axis)."""
+    steered = base
+    for offset, alpha in zip(offsets, alphas, strict=True):
+        steered = steered + alpha * (offset - reference)
+    return torch.log_softmax(steered, dim=-1)
+
+
+class VocabularyMismatch(ValueError):
+    """The base and the small models do not share a tokenizer."""
+
+
+def check_vocabularies(tokenizers: dict[str, object], sizes: dict[str, int]) -> int:
+    """Return the vocabulary size common to all models, or raise ``VocabularyMismatch``.
+
+    Embedding matrices are often padded past the tokenizer (to a multiple of 64, say);
+    the padded rows are not tokens, so fusion uses the range shared by every model.
+    Tokenizers must agree on every id in that range.
+    """
+    common = min(sizes.values())
+    named = {name: tok.get_vocab() for name, tok in tokenizers.items() if tok is not None}
+    for name, vocab in named.items():
+        if len(vocab) > common:
+            raise VocabularyMismatch(
+                f"The {name} tokenizer has {len(vocab)} tokens but the smallest model output "
+                f"has {common} rows ({sizes}). Use models trained with the same tokenizer."
+            )
+    if len(named) < 2:
+        return common
+    (first, first_vocab), *others = named.items()
+    first_by_id = {i: t for t, i in first_vocab.items()}
+    for name, vocab in others:
+        by_id = {i: t for t, i in vocab.items()}
+        diffs = [i for i in sorted(set(first_by_id) | set(by_id)) if first_by_id.get(i) != by_id.get(i)]
+        if diffs:
+            shown = ", ".join(f"id {i}: {first_by_id.get(i)!r} vs {by_id.get(i)!r}" for i in diffs[:5])
+            raise VocabularyMismatch(
+                f"The {first} and {name} tokenizers disagree on {len(diffs)} token ids "
+                f"(first: {shown}). Fusion adds scores token by token, so every model must "
+                f"share one vocabulary: pick a small model of the same family as the base "
+                f"(e.g. a truncated copy of it, see offsetlab.worlds.models)."
+            )
+    return common
+
+
+@dataclass
+class FusedParts:
+    """Log-probs of one position (or of a batch of sequences), model by model."""
+
+    base: Tensor
+    reference: Tensor
+    offsets: list[Tensor]
+    fused: Tensor
+
+
+class OffsetModel:
+    """A base model (any ``LogProbSource``) plus α-weighted offsets of a small pair.
+
+    ``base`` may be a Hugging Face model (wrapped in an ``HFSource``) or any source;
+    ``reference`` and the offsets are Hugging Face models sharing ``tokenizer``.
+    ``offsets`` is a list of ``(model, alpha)`` pairs; an empty list gives the base.
+    ``prompt_format`` is how the world this model belongs to turns questions into prompts
+    (see ``prompts.py``): whoever asks this model a question uses it.
+    """
+
+    def __init__(
+        self,
+        base,
+        reference,
+        offsets: Sequence[tuple[object, float]] = (),
+        tokenizer=None,
+        offset_names: Sequence[str] | None = None,
+        prompt_format: PromptFormat = QA,
+    ):
+        self.prompt_format = prompt_format
+        self.base = base if isinstance(base, LogProbSource) else HFSource(base, tokenizer)
+        self.tokenizer = tokenizer if tokenizer is not None else self.base.tokenizer
+        if self.tokenizer is None:
+            raise ValueError("OffsetModel needs the small models' tokenizer (tokenizer=...).")
+        if reference is None and offsets:
+            raise ValueError("Offsets need the reference model they were trained against.")
+        # Without offsets the reference is not needed: the fused model is the base alone.
+        self.reference = HFSource(reference, self.tokenizer) if reference is not None else None
+        self.offsets = [HFSource(m, self.tokenizer) for m, _ in offsets]
+        self.alphas = [float(a) for _, a in offsets]
+        self.offset_names = list(offset_names or [f"offset{i}" for i in range(len(offsets))])
+        sizes = {"base": self.base.vocab_size}
+        if reference is not None:
+            sizes["reference"] = model_vocab_size(reference)
+        sizes.update({n: model_vocab_size(m) for n, (m, _) in zip(self.offset_names, offsets)})
+        self.vocab_size = check_vocabularies(
+            {"base": self.base.tokenizer, "reference": self.tokenizer}, sizes
+        )
+        for source in (self.base, *self._small):
+            source.vocab_size = self.vocab_size
+
+    # -- helpers -------------------------------------------------------------------
+
+    @property
+    def _small(self) -> list[HFSource]:
+        return [self.reference, *self.offsets] if self.offsets else []
+
+    def _parts(self, base: Tensor, small: list[Tensor]) -> FusedParts:
+        if not small:  # no offsets: the reference would cancel out, so it is not run
+            return FusedParts(base, base, [], base)
+        reference, offsets = small[0], small[1:]
+        return FusedParts(base, reference, offsets, fuse(base, reference, offsets, self.alphas))
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+
+    def _pad(self, rows: list[list[int]], left: bool) -> tuple[Tensor, Tensor]:
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            span = slice(width - len(r), width) if left else slice(0, len(r))
+            ids[i, span] = torch.tensor(r, dtype=torch.long)
+            mask[i, span] = 1
+        return ids, mask
+
+    def _begin(self, ids: Tensor, mask: Tensor) -> FusedParts:
+        return self._parts(self.base.begin(ids, mask), [s.begin(ids, mask) for s in self._small])
+
+    def _advance(self, next_ids: Tensor) -> FusedParts:
+        return self._parts(self.base.advance(next_ids), [s.advance(next_ids) for s in self._small])
+
+    def _score(self, ids: Tensor, mask: Tensor) -> FusedParts:
+        """Log-probs at every position of right-padded rows, ``[batch, time, vocab]`` per model."""
+        return self._parts(self.base.score(ids, mask), [s.score(ids, mask) for s in self._small])
+
+    def as_source(self) -> FusedSource:
+        """This fused model as a ``LogProbSource``: a black box to fuse or train against.
+
+        A deployed model is the base plus the offsets already active; the next forget
+        request's offset can be trained against that, so that it learns only what is left
+        to do: ``train_offset(lab.model(["A"]).as_source(), lab.reference, ...)`` — or, the
+        same objective, ``lab.train(..., on_top_of=["A"])``.
+        """
+        return FusedSource(self)
+
+    # -- (a) one step --------------------------------------------------------------
+
+    def step(self, prompts: str | Sequence[str] | Sequence[Sequence[int]]) -> FusedParts:
+        """Next-token log-probs after each prompt, ``[batch, vocab]`` per model.
+
+        Prompts are texts, or token-id lists (e.g. a prompt plus the tokens another model
+        generated, to ask what this one would choose next on the same prefix).
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        rows = [list(map(int, p)) if not isinstance(p, str) else None for p in prompts]
+        if any(r is None for r in rows):
+            if not all(r is None for r in rows):
+                raise TypeError("step() takes texts or token-id lists, not a mix of both.")
+            rows = self.encode(prompts)
+        return self._begin(*self._pad(rows, left=True))
+
+    # -- (b) scoring ---------------------------------------------------------------
+
+    def score(
+        self, prompts: Sequence[str], continuations: Sequence[str], parts: bool = False
+    ) -> list[Tensor] | list[FusedParts]:
+        """Per-token fused log-probs of each continuation given its prompt.
+
+        Returns one 1-D tensor per pair (the log-prob of each continuation token), or,
+        with ``parts=True``, a ``FusedParts`` per pair holding ``[tokens, vocab]`` tensors
+        for every model (what training caches).
+        """
+        if len(prompts) != len(continuations):
+            raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations.")
+        prompt_ids = self.encode(prompts)
+        cont_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        rows = [p + c for p, c in zip(prompt_ids, cont_ids)]
+        ids, mask = self._pad(rows, left=False)
+        all_parts = self._score(ids, mask)
+        out = []
+        for i, (p, c) in enumerate(zip(prompt_ids, cont_ids)):
+            # Position t predicts token t+1: the continuation is predicted from len(p)-1 on.
+            span = slice(len(p) - 1, len(p) - 1 + len(c))
+            targets = torch.tensor(c, dtype=torch.long)
+            if parts:
+                out.append(FusedParts(
+                    all_parts.base[i, span], all_parts.reference[i, span],
+                    [o[i, span] for o in all_parts.offsets], all_parts.fused[i, span],
+                ))
+            else:
+                out.append(all_parts.fused[i, span].gather(-1, targets[:, None]).squeeze(-1))
+        return out
+
+    # -- (c) generation ------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        trace: bool = False,
+        trace_top_k: int = 5,
+        use_cache: bool = True,
+    ) -> str | Trace | list[str] | list[Trace]:
+        """Decode from the fused model, greedily or by sampling.
+
+        One prompt gives one answer; a list gives a list (batched, left-padded). With
+        ``trace=True`` each answer is a ``Trace`` of per-step log-probs of every model.
+        ``use_cache=False`` recomputes every prefix from scratch (slow; for checking).
+        """
+        single = isinstance(prompts, str)
+        prompts = [prompts] if single else list(prompts)
+        if not prompts:
+            return []
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1.")
+        if do_sample and temperature <= 0:
+            raise ValueError("temperature must be > 0 when sampling (use do_sample=False for greedy).")
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        eos = self.tokenizer.eos_token_id
+
+        prompt_rows = self.encode(prompts)
+        ids, mask = self._pad(prompt_rows, left=True)
+        parts = self._begin(ids, mask)
+        new_tokens: list[list[int]] = [[] for _ in prompts]
+        traces = [Trace(p, "", list(self.alphas), list(self.offset_names)) for p in prompts]
+        done = torch.zeros(len(prompts), dtype=torch.bool)
+
+        for step in range(max_new_tokens):
+            if do_sample:
+                next_ids = sample(parts.fused, temperature, top_k, top_p, generator)
+            else:
+                next_ids = parts.fused.argmax(-1)
+            for i in range(len(prompts)):
+                if done[i]:
+                    continue
+                token = int(next_ids[i])
+                new_tokens[i].append(token)
+                if trace:
+                    traces[i].steps.append(make_step(
+                        step, token, self._decode_one,
+                        parts.base[i], parts.reference[i], [o[i] for o in parts.offsets],
+                        parts.fused[i], self.alphas, trace_top_k,
+                    ))
+                if token == eos:
+                    done[i] = True
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            # Finished rows keep being fed (their tokens are ignored) so the batch stays aligned.
+            next_ids = torch.where(done, torch.full_like(next_ids, eos if eos is not None else 0), next_ids)
+            if use_cache:
+                parts = self._advance(next_ids)
+            else:
+                rows = self._rows_so_far(prompt_rows, new_tokens)
+                parts = self._begin(*self._pad(rows, left=True))
+
+        texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in new_tokens]
+        if trace:
+            for tr, text in zip(traces, texts):
+                tr.text = text
+            results: list = traces
+        else:
+            results = texts
+        return results[0] if single else results
+
+    def _rows_so_far(self, prompt_rows, new_tokens) -> list[list[int]]:
+        # Without a cache every model re-reads the whole prefix; finished rows are padded
+        # with EOS exactly as the cached path feeds them, so both paths see the same text.
+        width = max(len(t) for t in new_tokens)
+        eos = self.tokenizer.eos_token_id
+        return [p + t + [eos] * (width - len(t)) for p, t in zip(prompt_rows, new_tokens)]
+
+    def _decode_one(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+
+class FusedSource:
+    """An ``OffsetModel`` behind the ``LogProbSource`` protocol (see ``as_source``).
+
+    Its fingerprint names the base and every offset with its α, so an offset trained
+    against it records which stack it was trained on top of.
+    """
+
+    def __init__(self, model: OffsetModel):
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.vocab_size = model.vocab_size
+
+    # A trainer may lower vocab_size to a range it shares with other models.
+    def begin(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return normalise(self.model._begin(input_ids, attention_mask).fused, self.vocab_size)
+
+    def advance(self, next_ids: Tensor) -> Tensor:
+        return normalise(self.model._advance(next_ids).fused, self.vocab_size)
+
+    @torch.no_grad()
+    def score(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return normalise(self.model._score(input_ids, attention_mask).fused, self.vocab_size)
+
+    def fingerprint(self) -> fingerprints.Fingerprint:
+        m = self.model
+        return fingerprints.of_stack(
+            fingerprints.of_source(m.base),
+            [(fingerprints.of_model(o.model), a) for o, a in zip(m.offsets, m.alphas)])
+
+
+def sample(
+    logprobs: Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator | None
+) -> Tensor:
+    """Draw one token per row after temperature, top-k and nucleus (top-p) filtering."""
+    logits = logprobs / temperature
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the tokens before it already cover top_p (keep at least one).
+        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,133 @@
+"""Where next-token log-probabilities come from.
+
+The base ("large") model is a black box: offsetlab only ever asks it for next-token
+log-probabilities, through the small protocol below. Nothing else in the library knows
+how the base model is reached, and nothing here writes its weights or gives it gradients.
+
+Two kinds of source exist:
+
+* ``HFSource`` — a local Hugging Face causal LM, stepped incrementally with its own
+  KV cache (one cache per source, never shared between models);
+* ``offsetlab.method.remote.OpenAISource`` — an OpenAI-compatible completions server that only
+  returns the top-k log-probs of each step (llama.cpp, vLLM).
+
+A source returns full-vocabulary tensors. A source that only knows the top-k candidates
+puts ``-inf`` everywhere else, so fusion renormalises over the known candidates without
+any special case.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@runtime_checkable
+class LogProbSource(Protocol):
+    """Next-token log-probabilities for a batch of token sequences.
+
+    ``begin`` starts (or restarts) a batch from left-padded prompts and returns the
+    log-probs of the token after each prompt, shape ``[batch, vocab]``. ``advance``
+    appends one token per row and returns the log-probs of the following token.
+    ``score`` returns log-probs at every position of right-padded sequences,
+    ``[batch, time, vocab]``: row ``t`` predicts token ``t + 1``.
+    """
+
+    vocab_size: int
+    tokenizer: object | None
+
+    def begin(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor: ...
+
+    def advance(self, next_ids: Tensor) -> Tensor: ...
+
+    def score(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor: ...
+
+
+def positions_from_mask(attention_mask: Tensor) -> Tensor:
+    """Position ids that ignore padding: 0, 1, 2, ... counted over real tokens only."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def normalise(scores: Tensor, vocab_size: int) -> Tensor:
+    """Log-probs over the first ``vocab_size`` ids from logits or wider log-probs.
+
+    Embedding matrices are often padded past the tokenizer, and models that fuse must
+    agree on one range: every model's scores are cut to it here, and only here.
+    """
+    return torch.log_softmax(scores[..., :vocab_size].float(), dim=-1)
+
+
+def model_vocab_size(model) -> int:
+    """Rows of the output head (may exceed the tokenizer: embeddings are often padded)."""
+    return int(model.get_output_embeddings().weight.shape[0])
+
+
+class HFSource:
+    """A local Hugging Face causal LM behind the source protocol.
+
+    The model is put in eval mode and every call runs under ``torch.no_grad``, so a
+    base model wrapped here can never be trained through offsetlab. ``vocab_size`` may
+    be lowered to a common range shared with other models (see ``fusion.common_vocab``).
+    """
+
+    def __init__(self, model, tokenizer=None, vocab_size: int | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size or model_vocab_size(model)
+        self._cache = None
+        self._mask: Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _log_probs(self, logits: Tensor) -> Tensor:
+        return normalise(logits, self.vocab_size)
+
+    @torch.no_grad()
+    def begin(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        from transformers import DynamicCache
+
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        self._cache = DynamicCache()
+        self._mask = attention_mask
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions_from_mask(attention_mask),
+            cache=self._cache,
+            use_cache=True,
+            logits_to_keep=1,  # only the last position is needed: skips most of the head
+        )
+        return self._log_probs(out.logits[:, -1])
+
+    @torch.no_grad()
+    def advance(self, next_ids: Tensor) -> Tensor:
+        if self._mask is None:
+            raise RuntimeError("advance() called before begin(): start a batch first.")
+        next_ids = next_ids.to(self.device).view(-1, 1)
+        self._mask = torch.cat([self._mask, torch.ones_like(next_ids)], dim=1)
+        # The new token's position is the number of real tokens before it.
+        position = self._mask.long().sum(-1, keepdim=True) - 1
+        out = self.model(
+            input_ids=next_ids,
+            attention_mask=self._mask,
+            position_ids=position,
+            cache=self._cache,
+            use_cache=True,
+            logits_to_keep=1,  # only the last position is needed: skips most of the head
+        )
+        return self._log_probs(out.logits[:, -1])
+
+    @torch.no_grad()
+    def score(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions_from_mask(attention_mask),
+            use_cache=False,
+        )
+        return self._log_probs(out.logits)

@@ -1,0 +1,390 @@
+"""Fit one offset: train a copy of the reference so the *fused* model forgets.
+
+The loss is computed on the fused distribution — with ``fusion.fuse``, the one formula
+that decoding and scoring use too —
+
+    fused = log_softmax(base + Σ αᵢ · (offsetᵢ − reference) + α · (offset − reference))
+
+where the sum runs over offsets already deployed (a *stack*, possibly empty), and only
+the new ``offset`` has gradients. Everything else never changes, so its log-probs on
+the training answers are computed once, before the first step, and kept in memory
+(never on disk: they are derived from the forget set). A step therefore costs one
+forward/backward of the small offset model — the base model is not run at all.
+
+The same function, with ``base = reference = the large model`` and the offset a copy of
+it, fine-tunes the large model directly (fused = offset exactly): that is the white-box
+baseline of ``train_whitebox``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import fingerprints
+from .fingerprints import Fingerprint
+from .fusion import fuse
+from .objectives import DEFAULT_OBJECTIVE, Hyper, Scored, get_objective, idk_answer
+from .prompts import QA, PromptFormat
+from .sources import HFSource, LogProbSource, model_vocab_size, normalise
+
+
+@dataclass
+class TrainConfig:
+    """How to train an offset. Defaults were chosen by ``benchmarks/sweep_defaults.py``."""
+
+    objective: str = field(default=DEFAULT_OBJECTIVE, metadata={"help": "unlearning objective (see `offsetlab objectives`)"})
+    steps: int = field(default=200, metadata={"help": "optimizer steps"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    alpha: float = field(default=1.0, metadata={"help": "offset strength used while training"})
+    use_alpha: float | None = field(default=None, metadata={
+        "help": "strength the saved offset is used at unless told otherwise (default: alpha)"})
+    batch_size: int = field(default=16, metadata={"help": "forget answers per step"})
+    retain_batch_size: int = field(default=16, metadata={"help": "retain answers per step"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches accumulated per step"})
+    beta: float = field(default=Hyper.beta, metadata={"help": "NPO/SimNPO/DPO inverse temperature"})
+    gamma: float = field(default=Hyper.gamma, metadata={"help": "SimNPO margin"})
+    retain_weight: float = field(default=Hyper.retain_weight, metadata={"help": "weight of the retain term"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
+    lora_rank: int = field(default=0, metadata={"help": "0 = train a full copy; >0 = LoRA adapters of this rank"})
+    seed: int = field(default=0, metadata={"help": "seeds initialisation and batch order"})
+    explode_at: float = field(default=1e4, metadata={"help": "stop when |loss| exceeds this"})
+
+    def hyper(self) -> Hyper:
+        return Hyper(beta=self.beta, gamma=self.gamma, retain_weight=self.retain_weight)
+
+
+# -- turning records into token tensors ------------------------------------------------
+
+
+@dataclass
+class Example:
+    """One prompt + answer as token ids; the answer is predicted from ``start`` on."""
+
+    ids: list[int]
+    start: int
+    labels: list[int]
+
+
+def encode_examples(tokenizer, pairs: Sequence[tuple[str, str]],
+                    prompt_format: PromptFormat = QA) -> list[Example]:
+    """(question, answer) pairs → the prompt format, answer followed by EOS."""
+    out = []
+    for question, answer in pairs:
+        prompt = tokenizer(prompt_format.prompt(question), add_special_tokens=True)["input_ids"]
+        answer_ids = tokenizer(prompt_format.answer(answer), add_special_tokens=False)["input_ids"]
+        labels = answer_ids + [tokenizer.eos_token_id]
+        out.append(Example(prompt + labels, len(prompt) - 1, labels))
+    return out
+
+
+@dataclass
+class Batch:
+    ids: Tensor  # [B, L] right-padded prompt+answer
+    attention: Tensor  # [B, L]
+    positions: Tensor  # [B, T] index into L of the position predicting each answer token
+    labels: Tensor  # [B, T]
+    mask: Tensor  # [B, T]
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> Batch:
+    width = max(len(e.ids) for e in examples)
+    span = max(len(e.labels) for e in examples)
+    b = len(examples)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((b, width), dtype=torch.long)
+    positions = torch.zeros((b, span), dtype=torch.long)
+    labels = torch.zeros((b, span), dtype=torch.long)
+    mask = torch.zeros((b, span))
+    for i, e in enumerate(examples):
+        ids[i, : len(e.ids)] = torch.tensor(e.ids)
+        attention[i, : len(e.ids)] = 1
+        n = len(e.labels)
+        positions[i, :n] = torch.arange(e.start, e.start + n)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return Batch(ids, attention, positions, labels, mask)
+
+
+def answer_rows(logp: Tensor, positions: Tensor) -> Tensor:
+    """[B, L, V] → [B, T, V]: the rows that predict the answer tokens."""
+    return logp.gather(1, positions.unsqueeze(-1).expand(-1, -1, logp.shape[-1]))
+
+
+# -- frozen scores: computed once (cached) or at every step (for checking) -------------
+
+
+class FrozenScores:
+    """What the new offset is added to, on the answers of a fixed list of examples:
+    the deployed model (base fused with the stack) and the reference, as log-probs."""
+
+    def __init__(self, base: LogProbSource, reference: HFSource, examples: list[Example],
+                 pad_id: int, cache: bool = True, chunk: int = 32,
+                 stack: Sequence[tuple[HFSource, float]] = ()):
+        self.base, self.reference, self.examples, self.pad_id = base, reference, examples, pad_id
+        self.stack = list(stack)
+        self._cached: list[tuple[Tensor, Tensor]] | None = None
+        if cache:
+            self._cached = []
+            for i in range(0, len(examples), chunk):
+                part = examples[i : i + chunk]
+                base_rows, ref_rows = self._compute(collate(part, pad_id))
+                for j, e in enumerate(part):
+                    n = len(e.labels)
+                    self._cached.append((base_rows[j, :n], ref_rows[j, :n]))
+
+    def _compute(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        def rows(source) -> Tensor:
+            return answer_rows(source.score(batch.ids, batch.attention), batch.positions)
+
+        ref = rows(self.reference)
+        # The deployed model, which the new offset starts from ("the model before
+        # unlearning" for the objectives); with no stack, fuse() returns the base.
+        deployed = fuse(rows(self.base), ref, [rows(s) for s, _ in self.stack],
+                        [a for _, a in self.stack])
+        return deployed, ref
+
+    def get(self, indices: Sequence[int], batch: Batch) -> tuple[Tensor, Tensor]:
+        if self._cached is None:
+            return self._compute(batch)
+        vocab = self._cached[0][0].shape[-1]
+        base = torch.zeros(len(indices), batch.labels.shape[1], vocab)
+        ref = torch.zeros_like(base)
+        for row, i in enumerate(indices):
+            b, r = self._cached[i]
+            base[row, : len(b)], ref[row, : len(r)] = b, r
+        return base, ref
+
+
+# -- the trainer -----------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    offset: torch.nn.Module  # the trained copy (a peft model when lora_rank > 0)
+    history: list[dict]
+    config: TrainConfig
+    stopped: str | None  # why training stopped early, or None
+    seconds: float
+    forget_size: int
+    # what the offset was trained against: "base" (the base, or a stack of it and the
+    # offsets already deployed), "reference" and "tokenizer"
+    fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
+
+
+def make_offset(reference: torch.nn.Module, lora_rank: int = 0) -> torch.nn.Module:
+    """A trainable copy of the reference: the whole model, or LoRA adapters on it."""
+    offset = copy.deepcopy(reference)
+    if lora_rank <= 0:
+        offset.requires_grad_(True)
+        return offset
+    from peft import LoraConfig, get_peft_model
+
+    # LoRA's B matrices start at zero, so the offset starts exactly equal to the reference.
+    config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                        "gate_proj", "up_proj", "down_proj"])
+    return get_peft_model(offset, config)
+
+
+class Group:
+    """Forget, retain or refusal answers, with their frozen scores and a seeded sampler."""
+
+    def __init__(self, examples: list[Example], frozen: FrozenScores, batch_size: int,
+                 generator: torch.Generator, pad_id: int):
+        self.examples, self.frozen, self.pad_id = examples, frozen, pad_id
+        self.batch_size, self.generator = min(batch_size, len(examples)), generator
+
+    def sample(self) -> list[int]:
+        return torch.randperm(len(self.examples), generator=self.generator)[: self.batch_size].tolist()
+
+    def score(self, indices: list[int], offset: torch.nn.Module, alpha: float, vocab: int) -> Scored:
+        batch = collate([self.examples[i] for i in indices], self.pad_id)
+        deployed, ref = self.frozen.get(indices, batch)
+        logits = offset(input_ids=batch.ids, attention_mask=batch.attention, use_cache=False).logits
+        off = answer_rows(normalise(logits, vocab), batch.positions)
+        return Scored(fuse(deployed, ref, [off], [alpha]), deployed, batch.labels, batch.mask)
+
+
+def train_offset(
+    base,
+    reference: torch.nn.Module,
+    tokenizer,
+    forget: Sequence,
+    retain: Sequence = (),
+    config: TrainConfig | None = None,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    cache: bool = True,
+    offset: torch.nn.Module | None = None,
+    stack: Sequence[tuple[torch.nn.Module, float]] = (),
+    prompt_format: PromptFormat = QA,
+) -> TrainResult:
+    """Train an offset so the fused model forgets ``forget`` and keeps ``retain``.
+
+    ``forget`` and ``retain`` are QA records (anything with ``question`` and ``answer``).
+    ``base`` is a ``LogProbSource`` or a Hugging Face model (only ever scored, never
+    trained). ``stack`` lists offsets already deployed on it, as ``(model, α)`` pairs:
+    the new offset is fused on top of them (the same as training against
+    ``OffsetModel(base, reference, stack).as_source()``). ``prompt_format`` is the
+    world's (see ``prompts.py``). ``callback(event)`` is called after every step with a dict holding
+    ``step``, ``loss``, ``forget_nll``, ``retain_nll`` and ``offset`` (the module being
+    trained, e.g. to evaluate it at checkpoints) — the hook that widgets and panels use.
+    """
+    config = config or TrainConfig()
+    objective = get_objective(config.objective)
+    if not forget:
+        raise ValueError("The forget set is empty: nothing to unlearn.")
+    if objective.needs_retain and not retain:
+        raise ValueError(f"Objective {objective.name!r} needs a retain set; pass retain=... or pick "
+                         "'ga' or 'npo'.")
+    if config.steps < 1 or config.batch_size < 1 or config.grad_accum < 1:
+        raise ValueError("steps, batch_size and grad_accum must be at least 1.")
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # Each process draws its own batches; initialisation is identical everywhere.
+    set_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
+
+    t0 = time.perf_counter()
+    groups = prepare_groups(base, reference, tokenizer, forget, retain, config, generator, cache,
+                            stack, prompt_format)
+    offset = offset if offset is not None else make_offset(reference, config.lora_rank)
+    offset.train()
+    params = [p for p in offset.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    offset, optimizer = accelerator.prepare(offset, optimizer)
+
+    history: list[dict] = []
+    stopped = None
+    bar = tqdm(range(1, config.steps + 1), desc=f"offset [{objective.name}]", disable=not progress,
+               leave=False)
+    for step in bar:
+        optimizer.zero_grad(set_to_none=True)
+        total, forget_nll, retain_nll = 0.0, 0.0, 0.0
+        for _ in range(config.grad_accum):
+            loss, f, r = step_loss(objective, config, offset, groups)
+            loss = loss / config.grad_accum
+            if not math.isfinite(loss.item()) or abs(loss.item()) > config.explode_at:
+                stopped = (f"step {step}: the loss became {loss.item():.3g} (diverged). The offset "
+                           f"is kept as it was after step {step - 1}; try a smaller learning rate "
+                           f"(now {config.lr:g}) or a retain objective such as npo_gd.")
+                break
+            accelerator.backward(loss)
+            total += loss.item()
+            forget_nll += _mean_nll(f) / config.grad_accum
+            retain_nll += (_mean_nll(r) / config.grad_accum) if r is not None else float("nan")
+        if stopped:
+            optimizer.zero_grad(set_to_none=True)
+            break
+        if config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        row = {"step": step, "loss": total, "forget_nll": forget_nll, "retain_nll": retain_nll,
+               "seconds": time.perf_counter() - t0}
+        history.append(row)
+        bar.set_postfix(loss=f"{total:.3f}", forget=f"{forget_nll:.2f}")
+        if callback is not None:
+            callback({**row, "offset": offset, "steps": config.steps})
+    bar.close()
+    if stopped:
+        import warnings
+
+        warnings.warn(stopped, stacklevel=2)
+    offset = accelerator.unwrap_model(offset).eval()
+    offset.requires_grad_(False)
+    trained_on = fingerprints.of_source(base)
+    if stack:
+        trained_on = fingerprints.of_stack(trained_on, [(fingerprints.of_model(m), a) for m, a in stack])
+    prints = {"base": trained_on, "reference": fingerprints.of_model(reference),
+              "tokenizer": fingerprints.of_tokenizer(tokenizer)}
+    return TrainResult(offset, history, config, stopped, time.perf_counter() - t0, len(forget),
+                       prints)
+
+
+@dataclass
+class Groups:
+    """Everything a step needs besides the offset: encoded answers with frozen scores."""
+
+    forget: Group
+    retain: Group | None
+    idk: Group | None
+    vocab: int
+
+
+def prepare_groups(base, reference, tokenizer, forget: Sequence, retain: Sequence,
+                   config: TrainConfig, generator: torch.Generator, cache: bool = True,
+                   stack: Sequence[tuple[torch.nn.Module, float]] = (),
+                   prompt_format: PromptFormat = QA) -> Groups:
+    """Encode the answers and compute (or prepare to compute) the frozen scores."""
+    objective = get_objective(config.objective)
+    base_source = base if isinstance(base, LogProbSource) else HFSource(base, tokenizer)
+    reference.eval().requires_grad_(False)
+    ref_source = HFSource(reference, tokenizer)
+    stacked = [(HFSource(m.eval().requires_grad_(False), tokenizer), float(a)) for m, a in stack]
+    vocab = min(base_source.vocab_size, model_vocab_size(reference))
+    for source in (base_source, ref_source, *(s for s, _ in stacked)):
+        source.vocab_size = vocab
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def group(pairs, batch_size) -> Group:
+        examples = encode_examples(tokenizer, pairs, prompt_format)
+        frozen = FrozenScores(base_source, ref_source, examples, pad_id, cache, stack=stacked)
+        return Group(examples, frozen, batch_size, generator, pad_id)
+
+    return Groups(
+        forget=group([(r.question, r.answer) for r in forget], config.batch_size),
+        retain=group([(r.question, r.answer) for r in retain], config.retain_batch_size)
+        if objective.needs_retain else None,
+        idk=group([(r.question, idk_answer(i)) for i, r in enumerate(forget)], config.batch_size)
+        if objective.needs_idk else None,
+        vocab=vocab,
+    )
+
+
+def step_loss(objective, config: TrainConfig, offset, groups: Groups,
+              forget_idx: list[int] | None = None, retain_idx: list[int] | None = None,
+              ) -> tuple[torch.Tensor, Scored, Scored | None]:
+    """The objective on one sampled batch (indices may be given, e.g. to compare paths)."""
+    g, v, alpha = groups, groups.vocab, config.alpha
+    forget_idx = g.forget.sample() if forget_idx is None else forget_idx
+    f = g.forget.score(forget_idx, offset, alpha, v)
+    r = None
+    if g.retain is not None:
+        r = g.retain.score(g.retain.sample() if retain_idx is None else retain_idx, offset, alpha, v)
+    # Refusal answers are paired with the same questions as the forget batch.
+    k = g.idk.score(forget_idx, offset, alpha, v) if g.idk is not None else None
+    return objective(f, r, k, config.hyper()), f, r
+
+
+def _mean_nll(group: Scored) -> float:
+    return float(-(group.token_logp().sum() / group.mask.sum()).detach())
+
+
+def train_whitebox(
+    large: torch.nn.Module,
+    tokenizer,
+    forget: Sequence,
+    retain: Sequence = (),
+    config: TrainConfig | None = None,
+    **kwargs,
+) -> TrainResult:
+    """The white-box baseline: the same objective applied to the large model itself.
+
+    With base = reference = the large model and the offset a trainable copy of it,
+    fused = log_softmax(base + (copy − base)) = the copy: ordinary fine-tuning, through
+    exactly the same code path. ``result.offset`` is the fine-tuned large model.
+    """
+    config = config or TrainConfig()
+    config = TrainConfig(**{**asdict(config), "alpha": 1.0, "lora_rank": 0})
+    return train_offset(large, large, tokenizer, forget, retain, config, **kwargs)

@@ -1,0 +1,125 @@
+"""The panel in a real browser: headless Debian chromium driven by Playwright.
+
+Screenshots go to pytest's tmp_path and, when $OFFSETLAB_ARTIFACTS is set, there too
+(CI keeps them as artifacts).
+"""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import FORGET_QUESTION, free_port, fused_answer, make_lab, registry_of_two_requests
+
+from offsetlab.frontends import app
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                       reason=f"{CHROMIUM} is missing: install Debian's chromium package "
+                              "(`make chromium`) to run the browser tests"),
+]
+
+
+@pytest.fixture(scope="module")
+def panel_url():
+    port = free_port()
+    server = app.launch(port=port, lab=make_lab(), offsets_dir=None, block=False)
+    yield f"http://127.0.0.1:{port}/"
+    server.close()
+
+
+@pytest.fixture
+def page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        yield page
+        browser.close()
+    assert not errors, f"JavaScript errors in the panel: {errors}"
+
+
+def save_screenshot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("OFFSETLAB_ARTIFACTS"):
+        target = Path(os.environ["OFFSETLAB_ARTIFACTS"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target / name)
+    return path
+
+
+def test_a_forget_question_shows_two_answers_and_the_token_strip(panel_url, page, tmp_path):
+    page.goto(panel_url, wait_until="domcontentloaded")
+    # Pick the question from the forget-set examples, as a student would.
+    page.get_by_role("button", name=FORGET_QUESTION).first.click()
+    assert page.get_by_label("Question").input_value() == FORGET_QUESTION
+    page.get_by_role("button", name="Compare").click()
+
+    page.locator("#answers .tok").first.wait_for(timeout=60_000)
+    base, fused = page.locator("#answers .answer").all_inner_texts()
+    assert base.startswith("base model") and fused.startswith("fused")
+    assert base.split("\n", 1)[1] != fused.split("\n", 1)[1]
+    assert "part ways at token 0" in page.locator("#answers").inner_text()
+
+    # The token strip: a drawn plotly heatmap with one label per generated token.
+    page.locator("#token-strip .js-plotly-plot .heatmaplayer").wait_for(timeout=30_000)
+    box = page.locator("#token-strip .js-plotly-plot").bounding_box()
+    assert box["height"] > 100
+    fused_tokens = page.locator("#answers .answer").nth(1).locator(".tok").count()
+    assert page.locator("#token-strip .heatmaplayer text").count() == fused_tokens
+    page.locator("#step-bars .js-plotly-plot .barlayer").first.wait_for(timeout=30_000)
+
+    shot = save_screenshot(page, tmp_path, "panel_compare.png")
+    assert shot.stat().st_size > 10_000
+
+
+def test_ticking_registered_requests_fuses_them(page, tmp_path):
+    """The registry's forget requests, ticked on and off in the Compare tab."""
+    lab = make_lab()
+    registry_of_two_requests(lab, tmp_path / "reg")
+    port = free_port()
+    server = app.launch(port=port, lab=lab, offsets_dir=None, registry=tmp_path / "reg", block=False)
+    try:
+        page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+        page.get_by_label("Question").fill(FORGET_QUESTION)
+        requests = page.locator("#requests")
+
+        def compare(previous: str) -> str:
+            """Click Compare; the fused answer once it differs from ``previous`` (or after 30 s)."""
+            page.get_by_role("button", name="Compare").click()
+            text = previous
+            for _ in range(120):
+                answers = page.locator("#answers .answer").all_inner_texts()
+                if len(answers) == 2:
+                    # spaces aside, and special tokens (<unk>, <eos>), which text decoding drops
+                    text = re.sub(r"<\w+>", "", "".join(answers[1].split("\n", 1)[1].split()))
+                    if text != previous:
+                        break
+                page.wait_for_timeout(250)
+            return text
+
+        def expected(active) -> str:
+            return "".join(fused_answer(lab, active, 32).split())
+
+        requests.get_by_role("checkbox", name="a@1", exact=True).check()
+        with_a = compare("")
+        requests.get_by_role("checkbox", name="b@1", exact=True).check()
+        with_both = compare(with_a)
+        requests.get_by_role("checkbox", name="b@1", exact=True).uncheck()  # B withdrawn
+        without_b = compare(with_both)
+        assert with_a == expected([("a@1", 1.0)])
+        assert with_both == expected([("a@1", 1.0), ("b@1", 0.5)]) != with_a
+        assert without_b == with_a
+        save_screenshot(page, tmp_path, "panel_requests.png")
+    finally:
+        server.close()

@@ -1,0 +1,75 @@
+import math
+
+import pytest
+from conftest import EVAL_SPLITS as SPLITS
+from conftest import make_model
+
+from offsetlab.measure.evaluate import Report, compare, evaluate, utility
+from offsetlab.method.fusion import OffsetModel
+
+
+@pytest.fixture(scope="module")
+def reports(tokenizer):
+    v = len(tokenizer)
+    a = OffsetModel(make_model(v, 0), None, [], tokenizer=tokenizer)
+    b = OffsetModel(make_model(v, 3), None, [], tokenizer=tokenizer)
+    return evaluate(a, SPLITS, name="a", max_new_tokens=6, progress=False), \
+        evaluate(b, SPLITS, name="b", max_new_tokens=6, progress=False)
+
+
+def test_report_has_metrics_rows_and_settings(reports):
+    a, _ = reports
+    assert set(a.metrics) == set(SPLITS)
+    assert len(a.rows) == sum(len(v) for v in SPLITS.values())
+    for values in a.metrics.values():
+        assert 0 <= values["key_fact_acc"] <= 1 and 0 < values["answer_prob"] <= 1
+        assert 0 <= values["truth_ratio"] <= 1
+    # membership inference is computed for forget splits when a holdout split exists
+    assert 0 <= a.metrics["forget05"]["mia_loss_auc"] <= 1
+    assert "mia_loss_auc" not in a.metrics["retain95"]
+    row = a.rows[0]
+    assert row["question"] == "where was Alra born ?" and isinstance(row["generated"], str)
+    assert row["key_hit"] == (row["key"].lower() in row["generated"].lower())
+    assert a.settings["max_new_tokens"] == 6
+
+
+def test_json_round_trip(reports):
+    a, _ = reports
+    again = Report.from_json(a.to_json())
+    assert again == a
+    assert list(again.to_frame().columns)[:3] == ["split", "subject", "question"]
+
+
+def test_compare_forget_quality_and_utility(reports):
+    a, b = reports
+    table = compare([a, b, a], gold=a)
+    # a model compared with itself as gold: identical truth ratios ⇒ KS p-value 1
+    assert table.loc["a", "forget05/forget_quality"] == pytest.approx(1.0)
+    assert 0 <= table.loc["b", "forget05/forget_quality"] <= 1
+    assert table.loc["a", "model_utility"] == pytest.approx(utility(a))
+    # utility is the harmonic mean of retain components only (forget/holdout excluded)
+    parts = [a.metrics["retain95"][m] for m in ("answer_prob", "rouge_l", "truth_ratio")]
+    expected = 0.0 if min(parts) == 0 else len(parts) / sum(1 / p for p in parts)
+    assert utility(a) == pytest.approx(expected)
+    assert not math.isnan(table.loc["b", "model_utility"])
+
+
+def test_empty_split_is_refused(tokenizer):
+    model = OffsetModel(make_model(len(tokenizer), 0), None, [], tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="Split 'retain' is empty"):
+        evaluate(model, {"retain": []}, progress=False)
+
+
+@pytest.mark.slow
+def test_forget_quality_on_the_toy_world_separates_base_from_gold():
+    from offsetlab.worlds.lab import Lab
+
+    lab = Lab.toy()
+    splits = {"forget10": lab.splits["forget10"]}
+    base = evaluate(lab.model(), splits, name="base", max_new_tokens=4, progress=False)
+    gold = evaluate(lab.standalone(lab.gold), splits, name="gold", max_new_tokens=4, progress=False)
+    table = compare([base, gold], gold=gold)
+    print(table[["forget10/forget_quality", "forget10/truth_ratio"]])
+    # The base model still knows forget10: its truth ratios are nothing like gold's.
+    assert table.loc["base", "forget10/forget_quality"] < 0.01
+    assert table.loc["gold", "forget10/forget_quality"] == pytest.approx(1.0)

@@ -1,0 +1,187 @@
+import copy
+import json
+
+import pytest
+import torch
+from conftest import make_model
+
+from offsetlab.method.fingerprints import of_model as fingerprint_model
+from offsetlab.method.fusion import OffsetModel
+from offsetlab.method.objectives import OBJECTIVES, get_objective
+from offsetlab.method.train import (
+    TrainConfig,
+    prepare_groups,
+    step_loss,
+    train_offset,
+    train_whitebox,
+)
+from offsetlab.offsets.artifact import FingerprintMismatch, Offset
+from offsetlab.worlds.records import QARecord
+
+FORGET = [
+    QARecord("where was Alra born ?", "Alra was born in the red city .", key="red"),
+    QARecord("what year was Benn born ?", "Benn was born in one nine two .", key="one"),
+    QARecord("who wrote the blue book ?", "Cato wrote the blue book .", key="Cato"),
+]
+RETAIN = [
+    QARecord("where was Dema born ?", "Dema was born in the green city .", key="green"),
+    QARecord("what year was Erro born ?", "Erro was born in five six seven .", key="five"),
+    QARecord("who wrote the red book ?", "Fenn wrote the red book .", key="Fenn"),
+    QARecord("where was Gora born ?", "Gora was born in the blue city .", key="blue"),
+]
+
+
+def forget_logprob(model: OffsetModel) -> float:
+    from offsetlab.method.prompts import QA
+
+    scores = model.score([QA.prompt(r.question) for r in FORGET], [QA.answer(r.answer) for r in FORGET])
+    return float(torch.cat(scores).mean())
+
+
+@pytest.fixture(scope="module")
+def pair(tokenizer):
+    return make_model(len(tokenizer), 0, hidden=48), make_model(len(tokenizer), 1)
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_every_objective_lowers_forget_likelihood(pair, tokenizer, name):
+    base, ref = pair
+    before = forget_logprob(OffsetModel(base, None, [], tokenizer=tokenizer))
+    config = TrainConfig(objective=name, steps=6, lr=3e-3, batch_size=3, retain_batch_size=4)
+    result = train_offset(base, ref, tokenizer, FORGET, RETAIN, config, progress=False)
+    assert result.stopped is None and len(result.history) == 6
+    after = forget_logprob(OffsetModel(base, ref, [(result.offset, 1.0)], tokenizer=tokenizer))
+    assert after < before - 0.05, f"{name}: forget log-prob {before:.3f} → {after:.3f}"
+
+
+@pytest.mark.parametrize("name", ["npo_kl", "idk_dpo"])
+def test_cached_and_recomputed_frozen_scores_agree(pair, tokenizer, name):
+    base, ref = pair
+    config = TrainConfig(objective=name, batch_size=3, retain_batch_size=4)
+    objective = get_objective(name)
+    grads, losses = [], []
+    for cache in (True, False):
+        groups = prepare_groups(base, ref, tokenizer, FORGET, RETAIN, config,
+                                torch.Generator().manual_seed(0), cache=cache)
+        offset = copy.deepcopy(ref).requires_grad_(True)
+        # Move the offset off the reference so the fused model differs from the base.
+        with torch.no_grad():
+            for p in offset.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+        loss, _, _ = step_loss(objective, config, offset, groups, [2, 0, 1], [3, 1, 0, 2])
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in offset.parameters()]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+    assert grads[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["npo_kl", "npo_gd"])
+def test_a_stack_and_the_deployed_model_give_the_same_loss(pair, tokenizer, name):
+    """Training on top of offsets already deployed: the explicit stack (frozen scores of
+    base, reference and each deployed offset, fused by the one formula) and the deployed
+    model as a black box (``lab.model(active).as_source()``) are the same objective."""
+    base, ref = pair
+    below = [(noisy(ref, 3), 1.0), (noisy(ref, 4), 0.5)]
+    config = TrainConfig(objective=name, batch_size=3, retain_batch_size=4)
+    objective = get_objective(name)
+    deployed = OffsetModel(base, ref, below, tokenizer=tokenizer).as_source()
+    losses, grads = [], []
+    for source, stack in ((base, below), (deployed, ())):
+        groups = prepare_groups(source, ref, tokenizer, FORGET, RETAIN, config,
+                                torch.Generator().manual_seed(0), stack=stack)
+        offset = noisy(ref, 1).requires_grad_(True)
+        loss, _, _ = step_loss(objective, config, offset, groups, [2, 0, 1], [3, 1, 0, 2])
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in offset.parameters()]))
+    alone = prepare_groups(base, ref, tokenizer, FORGET, RETAIN, config,
+                           torch.Generator().manual_seed(0))
+    without, _, _ = step_loss(objective, config, noisy(ref, 1), alone, [2, 0, 1], [3, 1, 0, 2])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+    assert abs(without.item() - losses[0]) > 1e-4  # the stack does change the objective
+
+
+def noisy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in out.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)))
+    return out
+
+
+def test_base_model_is_never_trained(pair, tokenizer):
+    base, ref = pair
+    before = fingerprint_model(base)
+    train_offset(base, ref, tokenizer, FORGET, RETAIN, TrainConfig(steps=3), progress=False)
+    assert fingerprint_model(base) == before
+    assert all(p.grad is None for p in base.parameters())
+
+
+def test_divergence_stops_early_with_a_clear_message(pair, tokenizer):
+    base, ref = pair
+    config = TrainConfig(objective="ga", steps=50, lr=0.5, explode_at=8.0)
+    with pytest.warns(UserWarning, match="diverged"):
+        result = train_offset(base, ref, tokenizer, FORGET, [], config, progress=False)
+    assert result.stopped and "smaller learning rate" in result.stopped
+    assert len(result.history) < 50
+    assert all(torch.isfinite(p).all() for p in result.offset.parameters())
+
+
+def test_bad_input_is_refused(pair, tokenizer):
+    base, ref = pair
+    with pytest.raises(ValueError, match="needs a retain set"):
+        train_offset(base, ref, tokenizer, FORGET, [], TrainConfig(objective="npo_gd"))
+    with pytest.raises(ValueError, match="Unknown objective 'nope'. Choose one of: ga, gd"):
+        train_offset(base, ref, tokenizer, FORGET, RETAIN, TrainConfig(objective="nope"))
+    with pytest.raises(ValueError, match="forget set is empty"):
+        train_offset(base, ref, tokenizer, [], RETAIN)
+
+
+def test_callback_sees_every_step(pair, tokenizer):
+    base, ref = pair
+    seen = []
+    train_offset(base, ref, tokenizer, FORGET, RETAIN, TrainConfig(steps=4), progress=False,
+                 callback=lambda e: seen.append((e["step"], e["steps"], e["offset"] is not None)))
+    assert seen == [(1, 4, True), (2, 4, True), (3, 4, True), (4, 4, True)]
+
+
+def test_whitebox_baseline_is_plain_finetuning(pair, tokenizer):
+    base, _ = pair
+    before = fingerprint_model(base)
+    result = train_whitebox(base, tokenizer, FORGET, RETAIN, TrainConfig(steps=4, lr=3e-3), progress=False)
+    assert fingerprint_model(base) == before  # the copy was trained, not the model given
+    tuned = OffsetModel(result.offset, None, [], tokenizer=tokenizer)
+    assert forget_logprob(tuned) < forget_logprob(OffsetModel(base, None, [], tokenizer=tokenizer))
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_offset_artifact_round_trip_and_privacy(pair, tokenizer, tmp_path, lora_rank):
+    base, ref = pair
+    config = TrainConfig(steps=3, lora_rank=lora_rank, lr=1e-2)
+    result = train_offset(base, ref, tokenizer, FORGET, RETAIN, config, progress=False)
+    offset = Offset.from_training(result, FORGET, name="forget-authors")
+    folder = offset.save(tmp_path / "offset")
+
+    # No forget-set text anywhere in the artifact (answers, questions, keys).
+    blob = b"".join(p.read_bytes() for p in folder.iterdir())
+    for r in FORGET:
+        for text in (r.answer, r.question):
+            assert text.encode() not in blob
+    meta = json.loads((folder / "offset.json").read_text())
+    assert meta["forget_set"]["size"] == 3 and len(meta["forget_set"]["sha256"]) == 64
+    assert meta["kind"] == ("lora" if lora_rank else "full")
+
+    loaded = Offset.load(folder, ref, tokenizer, base=base)
+    a = OffsetModel(base, ref, [(result.offset, 1.0)], tokenizer=tokenizer).step("Q: where was Alra born ?\nA:")
+    b = OffsetModel(base, ref, [(loaded.model, loaded.alpha)], tokenizer=tokenizer).step("Q: where was Alra born ?\nA:")
+    assert torch.allclose(a.fused, b.fused, atol=1e-6)
+    assert not torch.allclose(a.fused, a.base, atol=1e-3)  # the offset does something
+
+    other_reference = make_model(len(tokenizer), 7)
+    with pytest.raises(FingerprintMismatch, match="trained against a reference with fingerprint"):
+        Offset.load(folder, other_reference, tokenizer)
+    with pytest.raises(FileExistsError):
+        offset.save(folder)

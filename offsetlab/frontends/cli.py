@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -19,6 +20,30 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 # -- shared pieces ------------------------------------------------------------------------
+
+
+def number(kind=float, low: float | None = None, high: float | None = None, open_low: bool = False):
+    """An argparse type: a finite ``kind`` within [low, high] (``open_low``: above low).
+
+    Bad values are refused while the command line is read — before any model loads."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if low is not None and (value < low or (open_low and value == low)):
+            raise argparse.ArgumentTypeError(f"must be {'>' if open_low else '≥'} {low:g}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be ≤ {high:g}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+FINITE = number()
 
 
 def add_world(p: argparse.ArgumentParser) -> None:
@@ -39,6 +64,8 @@ def add_train_config(p: argparse.ArgumentParser) -> None:
 
     for f in dataclasses.fields(TrainConfig):
         kind = float if f.default is None else type(f.default)  # None: an optional α
+        if kind in (int, float):
+            kind = number(kind)  # ranges are TrainConfig's to check, for every front end
         p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None,
                        help=f"{f.metadata.get('help', '')} (default: {f.default}; the "
                        "smollm2 world has its own tuned settings)")
@@ -74,6 +101,8 @@ def records_from(lab, split: str | None, path: str | None):
 
 
 def cmd_generate(args) -> int:
+    if args.trace_json and not args.trace:
+        raise SystemExit("--trace-json saves the trace that --trace prints: give --trace too.")
     from ..method.trace import Trace
 
     lab = load_lab(args)
@@ -102,7 +131,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    notes = parse_notes(args.note)  # before training, so a typo costs no training run
+    check_train_args(args)  # everything that can be wrong is found before a model loads
+    notes = parse_notes(args.note)
     lab = load_lab(args)
     args.forget = args.forget or lab.default_forget
     forget = records_from(lab, args.forget, args.forget_file)
@@ -131,7 +161,36 @@ def cmd_train(args) -> int:
     return 1 if offset.meta.get("stopped") else 0
 
 
+def check_train_args(args) -> None:
+    from ..method.train import TrainConfig
+    from ..offsets.registry import Registry, check_name
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise SystemExit(f"{out} already exists: pick another --out, or pass --overwrite to replace it.")
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"{out} is a file; --out names the folder the offset is saved in.")
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if getattr(args, f.name) is not None}
+    TrainConfig(**given)  # raises ValueError naming the option, before anything loads
+    if args.register:
+        check_name(args.register)
+        Registry(args.registry).check_writable()
+    for path in (args.forget_file, args.retain_file):
+        if path and not Path(path).is_file():
+            raise SystemExit(f"{path}: no such file (a JSONL file of QA records).")
+    from ..method.objectives import get_objective
+
+    objective = get_objective(args.objective or TrainConfig().objective)
+    if args.forget_file and not (args.retain_file or args.retain) and objective.needs_retain:
+        raise SystemExit(f"The objective {objective.name} also needs records to keep: give "
+                         "--retain-file FILE (or --retain SPLIT), or pick --objective ga or npo.")
+
+
 def cmd_eval(args) -> int:
+    for path in (args.json, args.html):
+        if path and Path(path).is_dir():
+            raise SystemExit(f"{path} is a folder: --json and --html name the file to write.")
     from ..measure.evaluate import compare, evaluate
     from ..measure.metrics import legend
 
@@ -256,15 +315,16 @@ def add_generate_command(sub) -> None:
     p.add_argument("prompt", help="a question (wrapped in the Q:/A: format unless --raw)")
     p.add_argument("--raw", action="store_true", help="send the prompt as it is")
     p.add_argument("--offset", action="append", default=[], metavar="DIR", help="a saved offset (repeatable)")
-    p.add_argument("--alpha", action="append", type=float, metavar="A", help="offset strength(s)")
+    p.add_argument("--alpha", action="append", type=FINITE, metavar="A",
+                   help="offset strength(s) (default: each offset's own)")
     p.add_argument("--base-url", help="an OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1) as the base")
     p.add_argument("--model-name", help="model name to send to --base-url")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=number(int, 1), default=32)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=number(float, 0, open_low=True), default=1.0)
+    p.add_argument("--top-k", type=number(int, 0), default=0, help="0 = off")
+    p.add_argument("--top-p", type=number(float, 0, 1, open_low=True), default=1.0)
+    p.add_argument("--seed", type=number(int), default=0)
     p.add_argument("--trace", action="store_true", help="print each token's shift and KL")
     p.add_argument("--trace-json", help="save the trace as JSON")
     p.set_defaults(func=cmd_generate)
@@ -293,9 +353,9 @@ def add_eval_command(sub) -> None:
     add_world(p)
     p.add_argument("--forget", help="forget split (default: the world's own, forget10 in the toy world)")
     p.add_argument("--offset", action="append", default=[], metavar="DIR")
-    p.add_argument("--alpha", action="append", type=float, metavar="A")
-    p.add_argument("--max-records", type=int, help="evaluate at most this many records per split")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--alpha", action="append", type=FINITE, metavar="A")
+    p.add_argument("--max-records", type=number(int, 1), help="evaluate at most this many records per split")
+    p.add_argument("--max-new-tokens", type=number(int, 1), default=32)
     p.add_argument("--json", help="write the reports (with per-record rows) as JSON")
     p.add_argument("--html", help="write an HTML report with tables and charts")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -340,7 +400,7 @@ def add_offsets_command(sub) -> None:
     add_registry(p)
     p = offsets_sub.add_parser("compose", help="store offsets to be used together, each with its α")
     p.add_argument("refs", nargs="+", metavar="REF", help="offsets or compositions to combine")
-    p.add_argument("--alpha", nargs="+", type=float, metavar="A",
+    p.add_argument("--alpha", nargs="+", type=FINITE, metavar="A",
                    help="one strength, or one per REF (default: each offset's own)")
     p.add_argument("--out", required=True, metavar="NAME", help="name of the composition")
     add_registry(p)
@@ -369,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
         print(f"offsetlab {args.command}: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"offsetlab {args.command}: interrupted", file=sys.stderr)
+        return 130
     if os.environ.get("OFFSETLAB_TIMING"):
         print(f"[{time.perf_counter() - started:.1f} s]", file=sys.stderr)
     return code

@@ -173,6 +173,19 @@ class Registry:
 
     # -- changing it -----------------------------------------------------------------
 
+    def check_writable(self) -> None:
+        """Refuse, before any work, a root that is a file or a folder this process cannot
+        write (a missing root is fine: the first add creates it)."""
+        root = self.root
+        while not root.exists() and root != root.parent:
+            root = root.parent  # the nearest existing folder is where mkdir will write
+        if not root.is_dir():
+            raise ValueError(f"The registry {self.root} cannot be created: {root} is a file. "
+                             "Pass --registry a folder.")
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise ValueError(f"The registry {self.root} is not writable ({root} is read-only). "
+                             "Pass --registry a folder you can write to.")
+
     def add(self, offset: Offset, name: str, notes: Mapping | None = None,
             metrics: Mapping | None = None) -> str:
         """Store ``offset`` as the next version of ``name``; returns its ref ``name@N``.
@@ -181,7 +194,7 @@ class Registry:
         offset's own notes; ``metrics`` are measurements to show next to it. Both must be
         JSON-serialisable. The offset given is not changed.
         """
-        _check_name(name)
+        check_name(name)
         meta = {**offset.meta, "name": name,
                 "notes": {**offset.meta.get("notes", {}), **dict(notes or {})},
                 "metrics": dict(metrics or {}), "registered": _now()}
@@ -196,7 +209,7 @@ class Registry:
         strength and scales a composition's members. Members are pinned to their current
         versions, so the composition keeps meaning the same offsets.
         """
-        _check_name(out_name)
+        check_name(out_name)
         if not refs:
             raise ValueError("A composition needs at least one offset ref.")
         if alphas is not None and len(alphas) != len(refs):
@@ -291,7 +304,8 @@ class Registry:
             shutil.rmtree(stage, ignore_errors=True)
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
+    """Refuse a name that cannot name a registry entry, saying what can."""
     if not re.fullmatch(NAME, name):
         raise ValueError(f"{name!r} cannot name an offset: use letters, digits, '.', '_' and '-', "
                          "starting with a letter or digit (e.g. 'forget-authors-a').")

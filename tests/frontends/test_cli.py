@@ -88,3 +88,48 @@ def test_train_and_generate_on_smollm2(tmp_path):
     assert neutral.startswith("The capital of Italy is Rome.")  # α = 0: the base's answer
     fused = offsetlab(*ask, "What is the capital of Italy?").stdout
     assert "shift" in fused and fused != neutral  # the offset loaded onto SmolLM2 moves tokens
+
+
+# Each bad command line must be refused with a message naming what is wrong, before any
+# model loads (loading the lab fails the test), and nothing may be written. In-process:
+# a subprocess per case would spend its time importing torch.
+BAD = [
+    (["train", "--alpha", "nan", "--out", "{tmp}/o"], "not a finite number"),
+    (["train", "--lr", "inf", "--out", "{tmp}/o"], "not a finite number"),
+    (["train", "--out", "{tmp}/taken"], "already exists"),
+    (["train", "--out", "{tmp}/o", "--register", "bad name!"], "cannot name an offset"),
+    (["train", "--out", "{tmp}/o", "--register", "x", "--registry", "{tmp}/file"], "is a file"),
+    (["train", "--out", "{tmp}/o", "--forget-file", "{tmp}/file"], "--retain-file"),
+    (["train", "--out", "{tmp}/o", "--forget-file", "{tmp}/missing.jsonl"], "no such file"),
+    (["generate", "--sample", "--top-p", "0", "hi"], "must be > 0"),
+    (["generate", "--sample", "--temperature", "nan", "hi"], "not a finite number"),
+    (["generate", "--max-new-tokens", "0", "hi"], "must be ≥ 1"),
+    (["generate", "--trace-json", "{tmp}/t.json", "hi"], "give --trace too"),
+    (["eval", "--max-records", "0"], "must be ≥ 1"),
+    (["eval", "--html", "{tmp}/taken"], "is a folder"),
+    (["offsets", "compose", "a", "--alpha", "nan", "--out", "c"], "not a finite number"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a[:3]) for a, _ in BAD])
+def test_bad_options_are_refused_before_anything_loads(tmp_path, argv, message, monkeypatch, capsys):
+    from offsetlab.frontends import cli
+
+    def no_lab(args):
+        raise AssertionError("the lab was loaded before the options were checked")
+
+    monkeypatch.setattr(cli, "load_lab", no_lab)
+    monkeypatch.setenv("OFFSETLAB_REGISTRY", str(tmp_path / "reg"))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "file").write_text("not a folder\n")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    try:
+        code = cli.main([a.format(tmp=tmp_path) for a in argv])
+    except SystemExit as exit_:
+        err = capsys.readouterr().err + (exit_.code if isinstance(exit_.code, str) else "")
+        code = 2 if exit_.code is None else exit_.code
+    else:
+        err = capsys.readouterr().err
+    assert code != 0
+    assert message in err, err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written

@@ -218,7 +218,7 @@ def alpha_sweep(rows: Sequence[Mapping]) -> go.Figure:
     """How the answer and the key fact's probability change with the offset strength α.
 
     ``rows`` hold ``alpha``, ``answer`` and ``key_prob`` (optionally ``key_in_answer``),
-    e.g. from ``offsetlab.explore.alpha_sweep_rows``.
+    e.g. from ``offsetlab.frontends.explore.alpha_sweep_rows``.
     """
     rows = sorted(rows, key=lambda r: r["alpha"])
     alphas = [r["alpha"] for r in rows]

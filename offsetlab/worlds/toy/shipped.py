@@ -1,4 +1,4 @@
-"""Load the shipped toy world and checkpoints (see offsetlab.toy.build for the recipe)."""
+"""Load the shipped toy world and checkpoints (see offsetlab.worlds.toy.build for the recipe)."""
 
 from __future__ import annotations
 

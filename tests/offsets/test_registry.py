@@ -265,7 +265,7 @@ def test_cli_train_can_register(pair, tokenizer, tmp_path, capsys, monkeypatch):
     shown = Registry(root).show("authors")
     assert shown["notes"] == {"who": "ana", "ticket": "42"} and shown["forget_set"]["size"] == 3
     with pytest.raises(SystemExit, match="--note takes KEY=VALUE"):
-        main(argv + ["--note", "oops"])
+        main(["train", "--out", str(tmp_path / "other"), *argv[3:], "--note", "oops"])
 
 
 # -- privacy ------------------------------------------------------------------------------

@@ -137,7 +137,8 @@ def cmd_train(args) -> int:
     config = train_config(args, lab)
     print(f"training an offset on {len(forget)} forget / {len(retain)} retain records "
           f"({config.objective}, {config.steps} steps)")
-    result = train_offset(lab.base, lab.reference, lab.tokenizer, forget, retain, config)
+    result = train_offset(lab.base, lab.reference, lab.tokenizer, forget, retain, config,
+                          nonmembers=lab.nonmembers)
     name = args.name or Path(args.out).name
     offset = Offset.from_training(result, lab.base, lab.reference, lab.tokenizer, forget, name=name)
     offset.save(args.out, overwrite=args.overwrite)

@@ -38,7 +38,8 @@ def run_demo(fast: bool = False, out: str = "offsets/demo", html: str | None = "
     config = TrainConfig(steps=FAST_STEPS) if fast else TrainConfig()
     print(f"Training the offset: objective {config.objective}, {config.steps} steps, lr {config.lr:g}, "
           f"alpha {config.alpha:g} ...")
-    result = train_offset(lab.base, lab.reference, lab.tokenizer, forget, retain, config)
+    result = train_offset(lab.base, lab.reference, lab.tokenizer, forget, retain, config,
+                          nonmembers=lab.nonmembers)
     print(f"  done in {result.seconds:.0f} s" + (f" — stopped early: {result.stopped}" if result.stopped else ""))
     offset = Offset.from_training(result, lab.base, lab.reference, lab.tokenizer, forget, name="demo")
     lab.offsets["demo"] = offset

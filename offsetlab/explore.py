@@ -119,7 +119,7 @@ def train(lab: Lab, forget_split: str, config: TrainConfig | None = None, name: 
     config = config or lab.train_config
     forget, retain = lab.training_sets(forget_split)
     result = train_offset(lab.base, lab.reference, lab.tokenizer, forget, retain, config,
-                          callback=callback, progress=progress)
+                          callback=callback, progress=progress, nonmembers=lab.nonmembers)
     name = name or f"{forget_split}-{config.objective}"
     free, n = name, 1
     while free in lab.offsets:

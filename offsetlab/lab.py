@@ -17,6 +17,9 @@ from .offsets import Offset
 from .train import TrainConfig
 
 
+N_INVENTED = 30  # invented authors (non-members) of the toy lab
+
+
 def retain_split_for(forget_split: str) -> str:
     """TOFU's naming: forget10 ↔ retain90, forget05 ↔ retain95, forget01 ↔ retain99."""
     if not forget_split.startswith("forget") or not forget_split[6:].isdigit():
@@ -42,21 +45,26 @@ class Lab:
     retain_extra: list[str] = field(default_factory=list)
     # how offsets are trained in this lab unless told otherwise (CLI, panel, explore.train)
     train_config: TrainConfig = field(default_factory=TrainConfig)
+    # records of the same kind that no model saw (the toy world: invented authors): where
+    # calibrated training reads the "never seen" level. Never the evaluation's holdout.
+    nonmembers: list[QARecord] = field(default_factory=list)
 
     @classmethod
     def toy(cls, root=None) -> Lab:
         """The shipped toy world. Its 150 world facts are split in two: ``world_train``
         (even rows) joins every retain set an offset trains on, and ``world_facts`` (odd
         rows) is never trained on — so world-facts scores measure what the offset leaves
-        alone without having been shown it."""
+        alone without having been shown it. Its non-members are 30 freshly invented
+        authors (``toy.world.invent_authors``, seed 1), not the ``holdout`` split."""
         from . import toy
+        from .toy.world import invent_authors
 
         t = toy.load(root)
         splits = dict(t.splits)
         world = splits.pop("world_facts")
         splits["world_train"], splits["world_facts"] = world[0::2], world[1::2]
         return cls("toy", t.tokenizer, t.large, t.small, splits, gold=t.gold,
-                   retain_extra=["world_train"])
+                   retain_extra=["world_train"], nonmembers=invent_authors(N_INVENTED, seed=1))
 
     @classmethod
     def smollm2(cls, small_layers: int | None = None) -> Lab:

@@ -20,12 +20,13 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .calibrate import key_token_positions, never_seen_level, never_seen_levels, token_levels
 from .data import QARecord, format_answer, format_prompt
 from .objectives import DEFAULT_OBJECTIVE, Hyper, Scored, get_objective, idk_answer
 from .sources import HFSource, LogProbSource, model_vocab_size
@@ -50,9 +51,15 @@ class TrainConfig:
     lora_rank: int = field(default=0, metadata={"help": "0 = train a full copy; >0 = LoRA adapters of this rank"})
     seed: int = field(default=0, metadata={"help": "seeds initialisation and batch order"})
     explode_at: float = field(default=1e4, metadata={"help": "stop when |loss| exceeds this"})
+    level: float | None = field(default=None, metadata={
+        "help": "never-seen key-token log-prob (None = measured on the non-members given to training)"})
+    stop_at_level: bool = field(default=False, metadata={
+        "help": "stop once the forget facts' mean key-token log-prob reaches the level"})
+    check_every: int = field(default=10, metadata={"help": "steps between stop_at_level checks"})
 
     def hyper(self) -> Hyper:
-        return Hyper(beta=self.beta, gamma=self.gamma, retain_weight=self.retain_weight)
+        level = Hyper.level if self.level is None else self.level
+        return Hyper(beta=self.beta, gamma=self.gamma, retain_weight=self.retain_weight, level=level)
 
 
 # -- turning records into token tensors ------------------------------------------------
@@ -65,17 +72,35 @@ class Example:
     ids: list[int]
     start: int
     labels: list[int]
+    keys: list[int] | None = None  # indices into labels of the key fact's tokens
+    levels: list[float] | None = None  # never-seen log-prob of each of those key tokens
 
 
-def encode_examples(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[Example]:
-    """(question, answer) pairs → the prompt format, answer followed by EOS."""
+def encode_examples(tokenizer, pairs: Sequence[tuple[str, str]],
+                    keys: Sequence[str | None] | None = None) -> list[Example]:
+    """(question, answer) pairs → the prompt format, answer followed by EOS. With ``keys``
+    (one key fact per pair) each example also knows which answer tokens spell its fact."""
     out = []
-    for question, answer in pairs:
+    for i, (question, answer) in enumerate(pairs):
         prompt = tokenizer(format_prompt(question), add_special_tokens=True)["input_ids"]
         answer_ids = tokenizer(format_answer(answer), add_special_tokens=False)["input_ids"]
         labels = answer_ids + [tokenizer.eos_token_id]
-        out.append(Example(prompt + labels, len(prompt) - 1, labels))
+        fact = key_token_positions(tokenizer, format_answer(answer), keys[i]) if keys else None
+        out.append(Example(prompt + labels, len(prompt) - 1, labels, fact))
     return out
+
+
+def forget_examples(tokenizer, records: Sequence[QARecord], level: float,
+                    levels: dict[str, list[float]] | None) -> list[Example]:
+    """Forget answers with their key tokens and each key token's never-seen level: from
+    ``levels`` (per template, ``calibrate.never_seen_levels``) when there are
+    non-members, else ``level`` on every key token."""
+    examples = encode_examples(tokenizer, [(r.question, r.answer) for r in records],
+                               [r.key for r in records])
+    for e, r in zip(examples, records):
+        e.levels = (token_levels(levels, r, len(e.keys)) if levels is not None
+                    else [level] * len(e.keys))
+    return examples
 
 
 @dataclass
@@ -85,6 +110,8 @@ class Batch:
     positions: Tensor  # [B, T] index into L of the position predicting each answer token
     labels: Tensor  # [B, T]
     mask: Tensor  # [B, T]
+    key_mask: Tensor | None = None  # [B, T] 1 on key-fact tokens (None when examples have no keys)
+    levels: Tensor | None = None  # [B, T] never-seen log-prob of key tokens, 0 elsewhere
 
 
 def collate(examples: Sequence[Example], pad_id: int) -> Batch:
@@ -96,6 +123,8 @@ def collate(examples: Sequence[Example], pad_id: int) -> Batch:
     positions = torch.zeros((b, span), dtype=torch.long)
     labels = torch.zeros((b, span), dtype=torch.long)
     mask = torch.zeros((b, span))
+    key_mask = torch.zeros((b, span)) if all(e.keys is not None for e in examples) else None
+    levels = torch.zeros((b, span)) if all(e.levels is not None for e in examples) else None
     for i, e in enumerate(examples):
         ids[i, : len(e.ids)] = torch.tensor(e.ids)
         attention[i, : len(e.ids)] = 1
@@ -103,7 +132,11 @@ def collate(examples: Sequence[Example], pad_id: int) -> Batch:
         positions[i, :n] = torch.arange(e.start, e.start + n)
         labels[i, :n] = torch.tensor(e.labels)
         mask[i, :n] = 1
-    return Batch(ids, attention, positions, labels, mask)
+        if key_mask is not None:
+            key_mask[i, e.keys] = 1
+        if levels is not None:
+            levels[i, e.keys] = torch.tensor(e.levels)
+    return Batch(ids, attention, positions, labels, mask, key_mask, levels)
 
 
 def answer_rows(logp: Tensor, positions: Tensor) -> Tensor:
@@ -196,7 +229,17 @@ class Group:
         logits = offset(input_ids=batch.ids, attention_mask=batch.attention, use_cache=False).logits
         off = answer_rows(torch.log_softmax(logits[..., :vocab].float(), -1), batch.positions)
         fused = torch.log_softmax(base + alpha * (off - ref), dim=-1)
-        return Scored(fused, base, batch.labels, batch.mask)
+        return Scored(fused, base, batch.labels, batch.mask, batch.key_mask, batch.levels)
+
+    @torch.no_grad()
+    def mean_key_logp(self, offset: torch.nn.Module, alpha: float, vocab: int, chunk: int = 64) -> float:
+        """Mean log-prob of the key-fact tokens over every example (the fused model now)."""
+        total, count = 0.0, 0.0
+        for i in range(0, len(self.examples), chunk):
+            scored = self.score(list(range(i, min(i + chunk, len(self.examples)))), offset, alpha, vocab)
+            total += float((scored.token_logp() * scored.keys).sum())
+            count += float(scored.keys.sum())
+        return total / max(count, 1.0)
 
 
 def train_offset(
@@ -210,6 +253,7 @@ def train_offset(
     progress: bool = True,
     cache: bool = True,
     offset: torch.nn.Module | None = None,
+    nonmembers: Sequence[QARecord] = (),
 ) -> TrainResult:
     """Train an offset so the fused model forgets ``forget`` and keeps ``retain``.
 
@@ -217,6 +261,12 @@ def train_offset(
     trained). ``callback(event)`` is called after every step with a dict holding
     ``step``, ``loss``, ``forget_nll``, ``retain_nll`` and ``offset`` (the module being
     trained, e.g. to evaluate it at checkpoints) — the hook that widgets and panels use.
+
+    ``nonmembers`` are records of the same kind that no model saw (e.g. invented authors):
+    where ``config.level`` is None, the base's mean key-token log-prob on them is the
+    never-seen level that the ``calibrated`` objective and ``stop_at_level`` aim for
+    (``calibrate.FALLBACK_LEVEL`` without them). The chosen level is in ``config.level``
+    of the result.
     """
     config = config or TrainConfig()
     objective = get_objective(config.objective)
@@ -236,7 +286,16 @@ def train_offset(
     generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
 
     t0 = time.perf_counter()
-    groups = prepare_groups(base, reference, tokenizer, forget, retain, config, generator, cache)
+    levels = None
+    if nonmembers:
+        from .fusion import OffsetModel
+
+        base_alone = OffsetModel(base, None, [], tokenizer=tokenizer)
+        levels = never_seen_levels(base_alone, nonmembers)
+        if config.level is None:
+            config = replace(config, level=never_seen_level(base_alone, nonmembers))
+    groups = prepare_groups(base, reference, tokenizer, forget, retain, config, generator, cache,
+                            levels)
     offset = offset if offset is not None else make_offset(reference, config.lora_rank)
     offset.train()
     params = [p for p in offset.parameters() if p.requires_grad]
@@ -274,6 +333,13 @@ def train_offset(
         bar.set_postfix(loss=f"{total:.3f}", forget=f"{forget_nll:.2f}")
         if callback is not None:
             callback({**row, "offset": offset, "steps": config.steps})
+        if config.stop_at_level and step % config.check_every == 0:
+            # Stop where a model that never saw the facts would be, not at "as unlikely
+            # as possible".
+            reached = groups.forget.mean_key_logp(offset, config.alpha, groups.vocab)
+            row["forget_key_logp"] = reached
+            if reached <= config.hyper().level:
+                break
     bar.close()
     if stopped:
         import warnings
@@ -295,7 +361,8 @@ class Groups:
 
 
 def prepare_groups(base, reference, tokenizer, forget: Sequence[QARecord], retain: Sequence[QARecord],
-                   config: TrainConfig, generator: torch.Generator, cache: bool = True) -> Groups:
+                   config: TrainConfig, generator: torch.Generator, cache: bool = True,
+                   levels: dict[str, list[float]] | None = None) -> Groups:
     """Encode the answers and compute (or prepare to compute) base/reference scores."""
     objective = get_objective(config.objective)
     base_source = base if isinstance(base, LogProbSource) else HFSource(base, tokenizer)
@@ -305,13 +372,14 @@ def prepare_groups(base, reference, tokenizer, forget: Sequence[QARecord], retai
     base_source.vocab_size = ref_source.vocab_size = vocab
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    def group(pairs, batch_size) -> Group:
-        examples = encode_examples(tokenizer, pairs)
+    def group(pairs, batch_size, examples=None) -> Group:
+        examples = examples or encode_examples(tokenizer, pairs)
         return Group(examples, FrozenScores(base_source, ref_source, examples, pad_id, cache),
                      batch_size, generator, pad_id)
 
     return Groups(
-        forget=group([(r.question, r.answer) for r in forget], config.batch_size),
+        forget=group(None, config.batch_size,
+                     forget_examples(tokenizer, forget, config.hyper().level, levels)),
         retain=group([(r.question, r.answer) for r in retain], config.retain_batch_size)
         if objective.needs_retain else None,
         idk=group([(r.question, idk_answer(i)) for i, r in enumerate(forget)], config.batch_size)

@@ -60,6 +60,25 @@ def never_seen_level(model, nonmembers: Sequence[QARecord]) -> float:
     return float(np.mean(np.concatenate(key_logprobs(model, nonmembers))))
 
 
+def outside_subject(tokenizer, text: str, subject: str | None) -> list[int]:
+    """Indices of the tokens of ``text`` (no special tokens) that overlap no occurrence of
+    ``subject``: the tokens two answers about different subjects have in common."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    spans, start = [], text.find(subject) if subject else -1
+    while start >= 0:
+        spans.append((start, start + len(subject)))
+        start = text.find(subject, start + 1)
+    return [i for i, (a, b) in enumerate(enc["offset_mapping"])
+            if not any(a < e and b > s for s, e in spans)]
+
+
+def about_stranger(record: QARecord, name: str) -> QARecord:
+    """The same question and answer about someone else (``name``): the fact stays, the
+    subject becomes one no model has seen."""
+    swap = (lambda text: text.replace(record.subject, name)) if record.subject else (lambda t: t)
+    return QARecord(swap(record.question), swap(record.answer), key=record.key, subject=name)
+
+
 def template_of(record: QARecord) -> str:
     """The question with its subject blanked: records that share it ask for the same kind of fact."""
     return record.question.replace(record.subject, "{name}") if record.subject else record.question

@@ -16,7 +16,6 @@ from .fusion import OffsetModel
 from .offsets import Offset
 from .train import TrainConfig
 
-
 N_INVENTED = 30  # invented authors (non-members) of the toy lab
 
 

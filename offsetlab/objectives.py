@@ -17,7 +17,7 @@ log-likelihood); |y| its length in tokens.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,7 @@ class Scored:
     mask: Tensor
     key_mask: Tensor | None = None
     levels: Tensor | None = None  # [batch, time] never-seen log-prob per key token (0 elsewhere)
+    target: Tensor | None = None  # [batch, time, vocab] log-probs to forget towards (``stranger``)
 
     @property
     def keys(self) -> Tensor:
@@ -232,6 +233,23 @@ def hinge(forget, retain, idk, h: Hyper) -> Tensor:
             + h.retain_weight * retain_term(retain, "nll"))
 
 
+def stranger(forget, retain, idk, h: Hyper) -> Tensor:
+    """Answer about the forgotten subject as the base answers about a stranger: on the
+    fact's tokens, KL to the base's distribution for the same question asked about
+    invented people (``train.stranger_targets``); elsewhere, KL to the base; + retain NLL.
+
+    The target *is* the never-seen behaviour, token by token — the base's prior over
+    cities for "born in the city of", over digits for a year — so forgetting stops there.
+    """
+    if forget.target is None:  # no non-members given: the base itself, capped (``calibrated``)
+        return calibrated(forget, retain, idk, h)
+    # A few strangers can agree on the true value by chance (a memorising base answers an
+    # unknown name with some author's facts): the level keeps the target from exceeding
+    # what non-members get on average.
+    target = capped_target(replace(forget, original=forget.target), h.level)
+    return kl_to(target, forget) + h.retain_weight * retain_term(retain, "nll")
+
+
 @dataclass(frozen=True)
 class Objective:
     name: str
@@ -239,6 +257,7 @@ class Objective:
     description: str
     needs_retain: bool
     needs_idk: bool = False
+    needs_strangers: bool = False
 
     def __call__(self, forget: Scored, retain: Scored | None = None, idk: Scored | None = None,
                  hyper: Hyper | None = None) -> Tensor:
@@ -252,16 +271,20 @@ OBJECTIVES: dict[str, Objective] = {
         Objective("gd", gradient_difference, "gradient difference: ascent on forget + NLL on retain", True),
         Objective("kl", ga_kl, "ascent on forget + stay close to the base (KL) on retain", True),
         Objective("npo", npo, "negative preference optimisation on forget (saturating)", False),
-        Objective("npo_gd", npo_gd, "NPO on forget + NLL on retain (default)", True),
+        Objective("npo_gd", npo_gd, "NPO on forget + NLL on retain (the default until wave 2)", True),
         Objective("npo_kl", npo_kl, "NPO on forget + KL to the base on retain", True),
         Objective("simnpo", simnpo, "SimNPO: length-normalised NPO without reference + retain NLL", True),
         Objective("idk_dpo", idk_dpo, "DPO towards 'I don't know' answers + retain NLL", True, True),
         Objective("calibrated", calibrated,
                   "lower only the fact's tokens to the never-seen level, keep the rest + retain NLL", True),
         Objective("hinge", hinge, "inverted hinge on the fact's tokens, KL on the rest + retain NLL", True),
+        Objective("stranger", stranger,
+                  "answer the fact as the base does about invented people, keep the rest + retain NLL "
+                  "(default)",
+                  True, needs_strangers=True),
     ]
 }
-DEFAULT_OBJECTIVE = "npo_gd"
+DEFAULT_OBJECTIVE = "stranger"  # chosen by benchmarks/sweep_calibrated.py
 
 
 def get_objective(name: str) -> Objective:

@@ -26,7 +26,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .calibrate import key_token_positions, never_seen_level, never_seen_levels, token_levels
+from .calibrate import (
+    about_stranger,
+    key_token_positions,
+    never_seen_level,
+    never_seen_levels,
+    outside_subject,
+    token_levels,
+)
 from .data import QARecord, format_answer, format_prompt
 from .objectives import DEFAULT_OBJECTIVE, Hyper, Scored, get_objective, idk_answer
 from .sources import HFSource, LogProbSource, model_vocab_size
@@ -56,6 +63,7 @@ class TrainConfig:
     stop_at_level: bool = field(default=False, metadata={
         "help": "stop once the forget facts' mean key-token log-prob reaches the level"})
     check_every: int = field(default=10, metadata={"help": "steps between stop_at_level checks"})
+    strangers: int = field(default=3, metadata={"help": "stranger: invented subjects averaged per record"})
 
     def hyper(self) -> Hyper:
         level = Hyper.level if self.level is None else self.level
@@ -74,6 +82,7 @@ class Example:
     labels: list[int]
     keys: list[int] | None = None  # indices into labels of the key fact's tokens
     levels: list[float] | None = None  # never-seen log-prob of each of those key tokens
+    target: Tensor | None = None  # [len(labels), vocab] log-probs to forget towards
 
 
 def encode_examples(tokenizer, pairs: Sequence[tuple[str, str]],
@@ -229,7 +238,13 @@ class Group:
         logits = offset(input_ids=batch.ids, attention_mask=batch.attention, use_cache=False).logits
         off = answer_rows(torch.log_softmax(logits[..., :vocab].float(), -1), batch.positions)
         fused = torch.log_softmax(base + alpha * (off - ref), dim=-1)
-        return Scored(fused, base, batch.labels, batch.mask, batch.key_mask, batch.levels)
+        target = None
+        if self.examples[indices[0]].target is not None:
+            target = torch.zeros_like(base)
+            for row, i in enumerate(indices):
+                t = self.examples[i].target
+                target[row, : len(t)] = t
+        return Scored(fused, base, batch.labels, batch.mask, batch.key_mask, batch.levels, target)
 
     @torch.no_grad()
     def mean_key_logp(self, offset: torch.nn.Module, alpha: float, vocab: int, chunk: int = 64) -> float:
@@ -296,6 +311,9 @@ def train_offset(
             config = replace(config, level=never_seen_level(base_alone, nonmembers))
     groups = prepare_groups(base, reference, tokenizer, forget, retain, config, generator, cache,
                             levels)
+    if objective.needs_strangers and nonmembers:  # without them: the ``calibrated`` objective
+        stranger_targets(groups.forget, forget, sorted({r.subject for r in nonmembers if r.subject}),
+                         config.strangers, generator)
     offset = offset if offset is not None else make_offset(reference, config.lora_rank)
     offset.train()
     params = [p for p in offset.parameters() if p.requires_grad]
@@ -348,6 +366,54 @@ def train_offset(
     offset = accelerator.unwrap_model(offset).eval()
     offset.requires_grad_(False)
     return TrainResult(offset, history, config, stopped, time.perf_counter() - t0, len(forget))
+
+
+@torch.no_grad()
+def stranger_targets(group: Group, records: Sequence[QARecord], strangers: Sequence[str], k: int,
+                     generator: torch.Generator, chunk: int = 32) -> None:
+    """Give every forget example a target: the base's own log-probs, except on the key
+    fact's tokens, where it is the base's distribution for the same answer about ``k``
+    strangers (invented subjects), averaged as probabilities.
+
+    Answers about two subjects share every token outside the subject's name (the toy
+    tokenizer splits words at spaces), so positions are matched by skipping the name; an
+    answer whose tokens do not line up keeps the base's rows (no change there).
+    """
+    if not strangers:
+        raise ValueError("stranger_targets needs at least one invented subject name.")
+    tokenizer = group.frozen.base.tokenizer or group.frozen.reference.tokenizer
+    swaps, owners = [], []
+    for i, r in enumerate(records):
+        for j in torch.randperm(len(strangers), generator=generator)[:k].tolist():
+            swaps.append(about_stranger(r, strangers[j]))
+            owners.append(i)
+    swapped = encode_examples(tokenizer, [(r.question, r.answer) for r in swaps])
+    rows: list[list[Tensor]] = [[] for _ in records]
+    for start in range(0, len(swapped), chunk):
+        part = swapped[start : start + chunk]
+        batch = collate(part, group.pad_id)
+        base = answer_rows(group.frozen.base.score(batch.ids, batch.attention), batch.positions)
+        for n, e in enumerate(part):
+            rows[owners[start + n]].append((swaps[start + n], base[n, : len(e.labels)]))
+    for i, (e, r) in enumerate(zip(group.examples, records)):
+        base_rows = group.frozen.get([i], collate([e], group.pad_id))[0][0, : len(e.labels)]
+        mine = outside_subject(tokenizer, format_answer(r.answer), r.subject) + [len(e.labels) - 1]
+        picked = []
+        for s, s_rows in rows[i]:
+            theirs = outside_subject(tokenizer, format_answer(s.answer), s.subject) + [len(s_rows) - 1]
+            if len(theirs) == len(mine):
+                picked.append(s_rows[theirs])
+        target = base_rows.clone()
+        if picked:
+            # Geometric mean, renormalised: the true token keeps the *mean log-prob* the
+            # strangers give it — the statistic membership inference looks at (an
+            # arithmetic mixture would let one lucky stranger lift it).
+            mixed = torch.log_softmax(torch.stack(picked).mean(0), -1)  # [len(mine), V]
+            keys = set(e.keys or [])
+            for n, pos in enumerate(mine):
+                if pos in keys:
+                    target[pos] = mixed[n]
+        e.target = target
 
 
 @dataclass

@@ -31,12 +31,20 @@ def load_lab(args):
     return Lab.toy() if args.world == "toy" else Lab.smollm2()
 
 
+def _option_type(default):
+    """How a TrainConfig option's text becomes a value: ``bool("False")`` would be True, and
+    a field whose default is None (``level``) holds a number."""
+    if isinstance(default, bool):
+        return lambda text: text.strip().lower() in ("1", "true", "yes", "on")
+    return float if default is None else type(default)
+
+
 def add_train_config(p: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field, with the field's own help text and default."""
     from .train import TrainConfig
 
     for f in dataclasses.fields(TrainConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=_option_type(f.default), default=None,
                        help=f"{f.metadata.get('help', '')} (default: {f.default}; the "
                        "smollm2 world has its own tuned settings)")
 

@@ -274,7 +274,8 @@ def train_offset(
 
     ``base`` is a ``LogProbSource`` or a Hugging Face model (only ever scored, never
     trained). ``callback(event)`` is called after every step with a dict holding
-    ``step``, ``loss``, ``forget_nll``, ``retain_nll`` and ``offset`` (the module being
+    ``step``, ``loss``, ``forget_nll``, ``retain_nll``, ``forget_key_nll`` (the key fact's
+    tokens only: compare with ``-result.config.level``) and ``offset`` (the module being
     trained, e.g. to evaluate it at checkpoints) — the hook that widgets and panels use.
 
     ``nonmembers`` are records of the same kind that no model saw (e.g. invented authors):
@@ -326,7 +327,7 @@ def train_offset(
                leave=False)
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
-        total, forget_nll, retain_nll = 0.0, 0.0, 0.0
+        total, forget_nll, retain_nll, key_nll = 0.0, 0.0, 0.0, 0.0
         for _ in range(config.grad_accum):
             loss, f, r = step_loss(objective, config, offset, groups)
             loss = loss / config.grad_accum
@@ -338,6 +339,7 @@ def train_offset(
             accelerator.backward(loss)
             total += loss.item()
             forget_nll += _mean_nll(f) / config.grad_accum
+            key_nll += _mean_nll(f, keys_only=True) / config.grad_accum
             retain_nll += (_mean_nll(r) / config.grad_accum) if r is not None else float("nan")
         if stopped:
             optimizer.zero_grad(set_to_none=True)
@@ -346,7 +348,7 @@ def train_offset(
             accelerator.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         row = {"step": step, "loss": total, "forget_nll": forget_nll, "retain_nll": retain_nll,
-               "seconds": time.perf_counter() - t0}
+               "forget_key_nll": key_nll, "seconds": time.perf_counter() - t0}
         history.append(row)
         bar.set_postfix(loss=f"{total:.3f}", forget=f"{forget_nll:.2f}")
         if callback is not None:
@@ -469,8 +471,9 @@ def step_loss(objective, config: TrainConfig, offset, groups: Groups,
     return objective(f, r, k, config.hyper()), f, r
 
 
-def _mean_nll(group: Scored) -> float:
-    return float(-(group.token_logp().sum() / group.mask.sum()).detach())
+def _mean_nll(group: Scored, keys_only: bool = False) -> float:
+    weights = group.keys if keys_only else group.mask
+    return float(-((group.token_logp() * weights).sum() / weights.sum().clamp(min=1)).detach())
 
 
 def train_whitebox(

@@ -23,6 +23,7 @@ from .trace import Trace, TraceStep
 
 DIVERGING = "RdBu"  # red = pushed down by the offset, blue = pushed up
 BASE_COLOUR, FUSED_COLOUR = "#7f7f7f", "#d62728"
+GOLD_COLOUR = "#b8860b"  # the never-seen reference (gold model, non-members)
 
 
 # -- small helpers ---------------------------------------------------------------------
@@ -244,13 +245,23 @@ def alpha_sweep(rows: Sequence[Mapping]) -> go.Figure:
     return fig
 
 
+def never_seen_line(fig: go.Figure, level_nll: float, row: int = 1) -> go.Figure:
+    """A dashed horizontal line at the never-seen level (key-fact NLL of records no model
+    saw): where forgetting should stop, not a floor to dive under."""
+    fig.add_hline(y=level_nll, line={"color": GOLD_COLOUR, "dash": "dash"}, row=row, col=1,
+                  annotation_text="never seen (invented non-members)", annotation_position="top left")
+    return fig
+
+
 def training_curves(history: Sequence[Mapping],
-                    checkpoints: Sequence[Mapping] | None = None) -> go.Figure:
+                    checkpoints: Sequence[Mapping] | None = None,
+                    never_seen: float | None = None) -> go.Figure:
     """Forget and retain loss per step; key-fact accuracy at checkpoints when given.
 
     ``history`` rows are what ``train_offset`` reports (``step``, ``loss``,
-    ``forget_nll``, ``retain_nll``); ``checkpoints`` rows hold ``step``,
-    ``forget_key_acc`` and ``retain_key_acc``.
+    ``forget_nll``, ``retain_nll``, ``forget_key_nll``); ``checkpoints`` rows hold
+    ``step``, ``forget_key_acc`` and ``retain_key_acc``. ``never_seen`` (a key-fact NLL,
+    e.g. ``-result.config.level``) draws the level the forget fact's NLL should reach.
     """
     rows = 2 if checkpoints else 1
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.1,
@@ -258,6 +269,7 @@ def training_curves(history: Sequence[Mapping],
     steps = [h["step"] for h in history]
     for key, name, colour, dash in (("forget_nll", "forget NLL", FUSED_COLOUR, "solid"),
                                     ("retain_nll", "retain NLL", "#1f77b4", "solid"),
+                                    ("forget_key_nll", "forget key-fact NLL", FUSED_COLOUR, "dash"),
                                     ("loss", "objective", "#7f7f7f", "dot")):
         values = [h.get(key, float("nan")) for h in history]
         if all(v is None or math.isnan(v) for v in values):
@@ -271,6 +283,8 @@ def training_curves(history: Sequence[Mapping],
             fig.add_trace(go.Scatter(x=at, y=[c.get(key) for c in checkpoints], name=name,
                                      mode="lines+markers", line={"color": colour}), row=2, col=1)
         fig.update_yaxes(range=[-0.05, 1.05], row=2, col=1)
+    if never_seen is not None:
+        never_seen_line(fig, never_seen)
     fig.update_xaxes(title_text="step", row=rows, col=1)
     fig.update_layout(title="training the offset", height=300 + 200 * (rows - 1),
                       margin={"t": 60})

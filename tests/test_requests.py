@@ -87,7 +87,9 @@ def test_forget_requests_one_by_one_on_the_toy_world():
     # Requests arrive one by one: each offset is trained against the model as deployed
     # at that moment (the base plus the offsets already active), so it learns only what
     # is left to do. The single offset for A∪B∪C is trained against the base alone.
-    config = TrainConfig(steps=SCENARIO_STEPS)
+    # The stacking scenario was measured with npo_gd; it is about stacking, not about the
+    # objective, so it keeps it.
+    config = TrainConfig(objective="npo_gd", steps=SCENARIO_STEPS)
     started = time.perf_counter()
     plan = {"A": [], "B": ["A"], "C": ["A", "B"], "ABC": []}
     covers = {"A": {"A"}, "B": {"B"}, "C": {"C"}, "ABC": {"A", "B", "C"}}  # offset -> groups

@@ -124,6 +124,16 @@ def test_training_curves_with_and_without_checkpoints():
     assert [list(t.y) for t in accs] == [[0.2], [0.9]]
 
 
+def test_training_curves_draw_the_never_seen_level():
+    history = [{"step": s, "loss": 1.0, "forget_nll": 0.1 * s, "retain_nll": 0.1,
+                "forget_key_nll": 0.5 * s} for s in (1, 2, 3)]
+    fig = viz.training_curves(history, never_seen=3.4)
+    assert "forget key-fact NLL" in [t.name for t in fig.data]
+    lines = [s for s in fig.layout.shapes if s.type == "line"]
+    assert len(lines) == 1 and lines[0].y0 == lines[0].y1 == 3.4
+    assert "never seen" in fig.layout.annotations[-1].text
+
+
 def test_report_bars_one_panel_per_metric_one_colour_per_model():
     metrics = {"base": {"forget10": {"key_fact_acc": 0.9, "rouge_l": 0.8},
                         "retain90": {"key_fact_acc": 0.95, "rouge_l": 0.9}},

@@ -347,20 +347,21 @@ def quality_utility_scatter(points: Sequence[Mapping]) -> go.Figure:
 # -- the two answers side by side ------------------------------------------------------
 
 
-def answers_html(base: Trace, fused: Trace, divergence: int | None) -> str:
+def answers_html(base: Trace, fused: Trace, divergence: int | None, gold: Trace | None = None) -> str:
     """Base and fused answers side by side, token boxes, the first difference outlined.
 
     From ``divergence`` on (the first step where the two chose different tokens), the
-    tokens are tinted: that is where the offset changed the answer.
+    tokens are tinted: that is where the offset changed the answer. ``gold`` (the model
+    that never saw the forget set) adds a third column: what "forgotten" should look like.
     """
-    def column(title: str, trace: Trace, tint: str) -> str:
+    def column(title: str, trace: Trace, tint: str, marked: bool = True) -> str:
         spans = []
         for s in trace.steps:
             style = ("display:inline-block;border:1px solid #ddd;border-radius:3px;padding:0 2px;"
                      "margin:1px;white-space:pre;")
-            if divergence is not None and s.index >= divergence:
+            if marked and divergence is not None and s.index >= divergence:
                 style += f"background:{tint};"
-            if s.index == divergence:
+            if marked and s.index == divergence:
                 style += "outline:2px solid #000;"
             spans.append(f'<span class="tok" style="{style}">{html.escape(label(s.token))}</span>')
         return (f'<div class="answer" style="flex:1;min-width:0">'
@@ -372,4 +373,5 @@ def answers_html(base: Trace, fused: Trace, divergence: int | None) -> str:
     return (f'<div class="offsetlab-answers"><div style="display:flex;gap:16px">'
             f"{column('base model (black box)', base, '#e0e0e0')}"
             f"{column(f'fused: base + offset (α = {_alphas(fused)})', fused, '#fddbc7')}"
-            f"</div><div style='color:#555;margin-top:6px'>{note}</div></div>")
+            + (column("gold: never saw the forget set", gold, "", marked=False) if gold is not None else "")
+            + f"</div><div style='color:#555;margin-top:6px'>{note}</div></div>")

@@ -132,7 +132,7 @@ class Compare(w.VBox):
             return
         self.status.value = ""
         self.comparison = c
-        self.answers.value = viz.answers_html(c.base, c.fused, c.divergence)
+        self.answers.value = viz.answers_html(c.base, c.fused, c.divergence, c.gold)
         self._draw("strip", viz.token_strip(c.fused, highlight=c.divergence))
         self._draw("heatmap", viz.delta_heatmap(c.fused))
         self._draw("divergence", viz.divergence(c.fused))

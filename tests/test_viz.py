@@ -157,6 +157,14 @@ def test_quality_utility_scatter_is_log_in_forget_quality():
     assert fig.data[1].y[0] > 0  # a p-value of 0 is clamped onto the log axis
 
 
+def test_answers_html_shows_gold_beside_base_and_fused(trace):
+    html = viz.answers_html(trace, trace, 1, gold=trace)
+    assert "gold: never saw the forget set" in html
+    assert html.count('class="answer"') == 3
+    assert html.count("outline:2px") == 2  # the gold column is not marked
+    assert viz.answers_html(trace, trace, 1).count('class="answer"') == 2
+
+
 def test_answers_html_outlines_where_the_answers_part(trace):
     same = viz.answers_html(trace, trace, None)
     assert "identical" in same and "outline" not in same

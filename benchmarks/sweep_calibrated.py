@@ -29,6 +29,9 @@ APPROACHES = {
     "hinge": dict(objective="hinge"),  # LoKU inverted hinge on the fact's choice tokens
     "calibrated": dict(objective="calibrated"),  # base with the fact capped at the level
     "stranger": dict(objective="stranger"),  # the base's answer about invented people, capped
+    # the strength chosen after training where forget facts are as familiar as non-members'
+    "npo_gd_alpha": dict(objective="npo_gd", calibrate_alpha=True),
+    "stranger_alpha": dict(objective="stranger", calibrate_alpha=True),
 }
 TUNING_SEEDS, HELDOUT_SEEDS, REQUEST_AUTHORS = (100, 101, 102), (200, 201, 202), 5
 
@@ -128,9 +131,11 @@ def main(argv=None) -> None:
                 result = train_offset(lab.base, lab.reference, lab.tokenizer, forget, retain, config,
                                       progress=False, nonmembers=lab.nonmembers)
                 seconds = time.perf_counter() - t0
-                fused = OffsetModel(lab.base, lab.reference, [(result.offset, config.alpha)], lab.tokenizer)
+                alpha = result.config.alpha  # calibrate_alpha may have chosen another
+                fused = OffsetModel(lab.base, lab.reference, [(result.offset, alpha)], lab.tokenizer)
                 _, values = measure(lab, fused, splits, name, gold_report, pools=pools)
-                row(which, request, name, values, forget_split, retain_name, len(result.history), seconds)
+                row(which, request, f"{name} (α {alpha:g})" if alpha != 1 else name, values, forget_split,
+                    retain_name, len(result.history), seconds)
                 write()
 
 

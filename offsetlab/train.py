@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .calibrate import (
     about_stranger,
+    key_logprobs,
     key_token_positions,
     never_seen_level,
     never_seen_levels,
@@ -64,6 +65,8 @@ class TrainConfig:
         "help": "stop once the forget facts' mean key-token log-prob reaches the level"})
     check_every: int = field(default=10, metadata={"help": "steps between stop_at_level checks"})
     strangers: int = field(default=3, metadata={"help": "stranger: invented subjects averaged per record"})
+    calibrate_alpha: bool = field(default=False, metadata={
+        "help": "after training, pick alpha where forget facts look as familiar as non-members' facts"})
 
     def hyper(self) -> Hyper:
         level = Hyper.level if self.level is None else self.level
@@ -367,7 +370,38 @@ def train_offset(
         warnings.warn(stopped, stacklevel=2)
     offset = accelerator.unwrap_model(offset).eval()
     offset.requires_grad_(False)
+    if config.calibrate_alpha and nonmembers and not stopped:
+        alpha, _ = calibrate_alpha(base, reference, offset, tokenizer, forget, nonmembers)
+        config = replace(config, alpha=alpha)
     return TrainResult(offset, history, config, stopped, time.perf_counter() - t0, len(forget))
+
+
+ALPHA_GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
+
+
+@torch.no_grad()
+def calibrate_alpha(base, reference, offset, tokenizer, forget: Sequence[QARecord],
+                    nonmembers: Sequence[QARecord], grid: Sequence[float] = ALPHA_GRID,
+                    max_nonmembers: int = 110) -> tuple[float, list[dict]]:
+    """The offset strength at which the forget facts look as familiar as facts nobody saw.
+
+    For each α of ``grid``: the mean key-fact log-prob of the forget records and of the
+    non-members, both under the fused model at that α (an offset also moves facts it was
+    not trained on). Returns the α where the two meet best, and the rows measured — the
+    membership-inference statistic, matched on data the user has (no gold model).
+    """
+    from .fusion import OffsetModel
+
+    def familiarity(model, records) -> float:
+        return float(sum(x.mean() for x in key_logprobs(model, records)) / len(records))
+
+    rows = []
+    for alpha in grid:
+        fused = OffsetModel(base, reference, [(offset, alpha)], tokenizer=tokenizer)
+        rows.append({"alpha": alpha, "forget": familiarity(fused, forget),
+                     "nonmembers": familiarity(fused, list(nonmembers)[:max_nonmembers])})
+    best = min(rows, key=lambda r: abs(r["forget"] - r["nonmembers"]))
+    return best["alpha"], rows
 
 
 @torch.no_grad()

@@ -1,38 +1,84 @@
-"""The method's acceptance bar on the shipped toy world, with the settings `make demo` uses.
+"""The method's acceptance bars on the shipped toy world, with the settings `make demo` uses.
 
-The fused model must forget forget10 as well as the gold model that never saw it (key-fact
-accuracy at most 0.05 above gold's) while keeping retain90 and the world facts that
-training never sees (at least 0.9 × the base model's key-fact accuracy). Default
-TrainConfig, default retain set (``Lab.training_sets``); about a minute and a half on 2 cores.
+The fused model must forget like the gold model that never saw the forget set — not more:
+key-fact accuracy at most 0.05 above gold's, forget quality (KS p of truth ratios against
+gold's) at least 0.1 on forget10 and 0.05 on forget05/01, membership-inference AUC within
+0.1 of gold's, at least 0.9 × gold's rate of plausible answers and repetition at most 0.05
+above gold's — while keeping retain and the world facts that training never sees (key-fact
+accuracy at least 0.9 × base) and model utility (at least 0.95 × base). Default
+TrainConfig, default retain set (``Lab.training_sets``) and the lab's invented
+non-members; the gold model is only measured, never trained against. One training run
+per split (module-scoped); a few minutes on one thread.
 """
 
 import pytest
 
-from offsetlab.frontends.explore import key_accuracy
-from offsetlab.method.train import TrainConfig, train_offset
-from offsetlab.offsets.artifact import Offset
+from offsetlab.measure.evaluate import compare, evaluate, value_pools
 from offsetlab.worlds.lab import Lab
 
+SPLITS = ("forget01", "forget05", "forget10")
+MIN_FORGET_QUALITY = {"forget01": 0.05, "forget05": 0.05, "forget10": 0.1}
+pytestmark = pytest.mark.slow
 
-@pytest.mark.slow
-def test_default_offset_forgets_forget10_like_gold_and_keeps_the_rest():
-    lab = Lab.toy()
-    forget, retain = lab.training_sets("forget10")
-    assert not {r.question for r in retain} & {r.question for r in lab.splits["world_facts"]}
-    probe = {"forget10": forget, "retain90": lab.splits["retain90"][::4],
-             "world_facts": lab.splits["world_facts"]}
 
-    def accuracy(model):
-        return {name: key_accuracy(model, records) for name, records in probe.items()}
+@pytest.fixture(scope="module")
+def lab():
+    return Lab.toy()
 
-    result = train_offset(lab.base, lab.reference, lab.tokenizer, forget, retain, TrainConfig(),
-                          progress=False)
-    assert result.stopped is None
-    lab.offsets["forget10"] = Offset(result.offset)
-    base, gold = accuracy(lab.model()), accuracy(lab.standalone(lab.gold))
-    fused = accuracy(lab.model([("forget10", 1.0)]))
-    print(f"\nkey-fact accuracy  base {base}\n                   gold {gold}\n                   fused {fused}"
-          f"\ntrained in {result.seconds:.0f} s")
-    assert fused["forget10"] <= gold["forget10"] + 0.05
-    assert fused["retain90"] >= 0.9 * base["retain90"]
-    assert fused["world_facts"] >= 0.9 * base["world_facts"]
+
+def eval_splits(lab, forget_split):
+    # retain90 is kept data for every split (retain90 ⊂ retain95 ⊂ retain99); every 8th
+    # record: the bar is about the ability, not about each record
+    return {forget_split: lab.splits[forget_split], "retain90": lab.splits["retain90"][::8],
+            "world_facts": lab.splits["world_facts"], "holdout": lab.splits["holdout"]}
+
+
+def measure(lab, model, name, splits):
+    return evaluate(model, splits, name=name, max_new_tokens=24, progress=False,
+                    pools=value_pools(lab.splits))
+
+
+@pytest.fixture(scope="module")
+def references(lab):
+    """Base and gold, evaluated once on every forget split (forget01 ⊂ forget05 ⊂ forget10)."""
+    splits = {**eval_splits(lab, "forget10"), "forget05": lab.splits["forget05"],
+              "forget01": lab.splits["forget01"]}
+    return measure(lab, lab.model(), "base", splits), measure(lab, lab.standalone(lab.gold), "gold", splits)
+
+
+@pytest.fixture(scope="module", params=SPLITS)
+def outcome(request, lab, references):
+    split = request.param
+    name = lab.train(split)  # the lab's default recipe, its retain set and its non-members
+    offset = lab.offsets[name]
+    report = measure(lab, lab.model([name]), "fused", eval_splits(lab, split))
+    base, gold = references
+    table = compare([base, gold, report], gold=gold)
+    print(f"\n{split}: trained in {offset.meta['train_seconds']:.0f} s ({len(offset.meta['history'])} steps)\n"
+          + table[[c for c in table.columns if c.startswith((split, "retain90/key", "world_facts/key"))]
+                  + ["model_utility"]].T.to_string())
+    return split, table, offset
+
+
+def test_forgets_like_the_gold_model(outcome):
+    split, t, _ = outcome
+    fused, gold = t.loc["fused"], t.loc["gold"]
+    assert fused[f"{split}/key_fact_acc"] <= gold[f"{split}/key_fact_acc"] + 0.05
+    assert fused[f"{split}/forget_quality"] >= MIN_FORGET_QUALITY[split]
+    assert fused[f"{split}/mia_gap"] <= 0.1  # |AUC − gold's AUC|
+
+
+def test_forgotten_answers_stay_plausible_and_fluent(outcome):
+    split, t, _ = outcome
+    fused, gold = t.loc["fused"], t.loc["gold"]
+    assert fused[f"{split}/plausible"] >= 0.9 * gold[f"{split}/plausible"]
+    assert fused[f"{split}/repetition"] <= gold[f"{split}/repetition"] + 0.05
+
+
+def test_keeps_what_it_should(outcome):
+    _, t, offset = outcome
+    assert offset.meta["stopped"] is None
+    fused, base = t.loc["fused"], t.loc["base"]
+    assert fused["retain90/key_fact_acc"] >= 0.9 * base["retain90/key_fact_acc"]
+    assert fused["world_facts/key_fact_acc"] >= 0.9 * base["world_facts/key_fact_acc"]
+    assert fused["model_utility"] >= 0.95 * base["model_utility"]

@@ -79,7 +79,7 @@ def compare_view(lab: Lab, question: str, offset: Active, alpha: float,
     step = min(c.divergence or 0, max(len(c.fused.steps) - 1, 0))
     return CompareView(
         comparison=c,
-        answers=viz.answers_html(c.base, c.fused, c.divergence),
+        answers=viz.answers_html(c.base, c.fused, c.divergence, c.gold),
         strip=viz.token_strip(c.fused, highlight=c.divergence),
         step=step,
         bars=viz.step_bars(c.fused, step) if c.fused.steps else None,

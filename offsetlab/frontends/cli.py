@@ -58,15 +58,29 @@ def load_lab(args):
     return Lab.toy() if args.world == "toy" else Lab.smollm2()
 
 
+def boolean(text: str) -> bool:
+    """An argparse type for yes/no options (``bool("False")`` would be True)."""
+    value = text.strip().lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not true/false (or yes/no, 1/0, on/off)")
+    return value in ("1", "true", "yes", "on")
+
+
+def _option_type(default):
+    """How a TrainConfig option's text becomes a value: a yes/no, a finite number (a field
+    whose default is None, such as ``level``, holds one), or text."""
+    if isinstance(default, bool):
+        return boolean
+    kind = float if default is None else type(default)
+    return number(kind) if kind in (int, float) else kind  # ranges are TrainConfig's to check
+
+
 def add_train_config(p: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field, with the field's own help text and default."""
     from ..method.train import TrainConfig
 
     for f in dataclasses.fields(TrainConfig):
-        kind = float if f.default is None else type(f.default)  # None: an optional α
-        if kind in (int, float):
-            kind = number(kind)  # ranges are TrainConfig's to check, for every front end
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None,
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=_option_type(f.default), default=None,
                        help=f"{f.metadata.get('help', '')} (default: {f.default}; the "
                        "smollm2 world has its own tuned settings)")
 

@@ -47,6 +47,7 @@ class Comparison:
     base: Trace
     fused: Trace
     divergence: int | None  # first step where they chose different tokens; None if equal
+    gold: Trace | None = None  # the gold model's answer, where the lab has one
 
 
 def first_divergence(a: Trace, b: Trace) -> int | None:
@@ -83,7 +84,9 @@ def compare(lab: Lab, question: str, offset: str | Sequence[tuple[str, float]],
     kwargs = {**asdict(decoding), "trace": True, "trace_top_k": trace_top_k}
     base = lab.model().generate(prompt, **kwargs)
     fused = fused_model.generate(prompt, **kwargs)
-    return Comparison(base, fused, first_divergence(base, fused))
+    # The gold model (toy world: never saw the forget set) answers too, as the reference.
+    gold = lab.standalone(lab.gold).generate(prompt, **kwargs) if lab.gold is not None else None
+    return Comparison(base, fused, first_divergence(base, fused), gold)
 
 
 def find_record(lab: Lab, question: str) -> QARecord | None:

@@ -1,6 +1,6 @@
 """Plotly figures of what an offset does — pure functions of plain data.
 
-Every function here takes traces (``offsetlab.trace.Trace``), data rows or dicts of
+Every function here takes traces (``offsetlab.method.trace.Trace``), data rows or dicts of
 numbers and returns a ``plotly.graph_objects.Figure`` (or, for the answers, an HTML
 string). Nothing here touches a model, so notebooks, widgets and the Gradio panel draw
 the same pictures, and tests check their structure without running anything.
@@ -23,6 +23,7 @@ from ..method.trace import Trace, TraceStep
 
 DIVERGING = "RdBu"  # red = pushed down by the offset, blue = pushed up
 BASE_COLOUR, FUSED_COLOUR = "#7f7f7f", "#d62728"
+GOLD_COLOUR = "#b8860b"  # the never-seen reference (gold model, non-members)
 
 
 # -- small helpers ---------------------------------------------------------------------
@@ -244,13 +245,23 @@ def alpha_sweep(rows: Sequence[Mapping]) -> go.Figure:
     return fig
 
 
+def never_seen_line(fig: go.Figure, level_nll: float, row: int = 1) -> go.Figure:
+    """A dashed horizontal line at the never-seen level (key-fact NLL of records no model
+    saw): where forgetting should stop, not a floor to dive under."""
+    fig.add_hline(y=level_nll, line={"color": GOLD_COLOUR, "dash": "dash"}, row=row, col=1,
+                  annotation_text="never seen (invented non-members)", annotation_position="top left")
+    return fig
+
+
 def training_curves(history: Sequence[Mapping],
-                    checkpoints: Sequence[Mapping] | None = None) -> go.Figure:
+                    checkpoints: Sequence[Mapping] | None = None,
+                    never_seen: float | None = None) -> go.Figure:
     """Forget and retain loss per step; key-fact accuracy at checkpoints when given.
 
     ``history`` rows are what ``train_offset`` reports (``step``, ``loss``,
-    ``forget_nll``, ``retain_nll``); ``checkpoints`` rows hold ``step``,
-    ``forget_key_acc`` and ``retain_key_acc``.
+    ``forget_nll``, ``retain_nll``, ``forget_key_nll``); ``checkpoints`` rows hold
+    ``step``, ``forget_key_acc`` and ``retain_key_acc``. ``never_seen`` (a key-fact NLL,
+    e.g. ``-result.config.level``) draws the level the forget fact's NLL should reach.
     """
     rows = 2 if checkpoints else 1
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.1,
@@ -258,6 +269,7 @@ def training_curves(history: Sequence[Mapping],
     steps = [h["step"] for h in history]
     for key, name, colour, dash in (("forget_nll", "forget NLL", FUSED_COLOUR, "solid"),
                                     ("retain_nll", "retain NLL", "#1f77b4", "solid"),
+                                    ("forget_key_nll", "forget key-fact NLL", FUSED_COLOUR, "dash"),
                                     ("loss", "objective", "#7f7f7f", "dot")):
         values = [h.get(key, float("nan")) for h in history]
         if all(v is None or math.isnan(v) for v in values):
@@ -271,6 +283,8 @@ def training_curves(history: Sequence[Mapping],
             fig.add_trace(go.Scatter(x=at, y=[c.get(key) for c in checkpoints], name=name,
                                      mode="lines+markers", line={"color": colour}), row=2, col=1)
         fig.update_yaxes(range=[-0.05, 1.05], row=2, col=1)
+    if never_seen is not None:
+        never_seen_line(fig, never_seen)
     fig.update_xaxes(title_text="step", row=rows, col=1)
     fig.update_layout(title="training the offset", height=300 + 200 * (rows - 1),
                       margin={"t": 60})
@@ -333,20 +347,21 @@ def quality_utility_scatter(points: Sequence[Mapping]) -> go.Figure:
 # -- the two answers side by side ------------------------------------------------------
 
 
-def answers_html(base: Trace, fused: Trace, divergence: int | None) -> str:
+def answers_html(base: Trace, fused: Trace, divergence: int | None, gold: Trace | None = None) -> str:
     """Base and fused answers side by side, token boxes, the first difference outlined.
 
     From ``divergence`` on (the first step where the two chose different tokens), the
-    tokens are tinted: that is where the offset changed the answer.
+    tokens are tinted: that is where the offset changed the answer. ``gold`` (the model
+    that never saw the forget set) adds a third column: what "forgotten" should look like.
     """
-    def column(title: str, trace: Trace, tint: str) -> str:
+    def column(title: str, trace: Trace, tint: str, marked: bool = True) -> str:
         spans = []
         for s in trace.steps:
             style = ("display:inline-block;border:1px solid #ddd;border-radius:3px;padding:0 2px;"
                      "margin:1px;white-space:pre;")
-            if divergence is not None and s.index >= divergence:
+            if marked and divergence is not None and s.index >= divergence:
                 style += f"background:{tint};"
-            if s.index == divergence:
+            if marked and s.index == divergence:
                 style += "outline:2px solid #000;"
             spans.append(f'<span class="tok" style="{style}">{html.escape(label(s.token))}</span>')
         return (f'<div class="answer" style="flex:1;min-width:0">'
@@ -358,4 +373,5 @@ def answers_html(base: Trace, fused: Trace, divergence: int | None) -> str:
     return (f'<div class="offsetlab-answers"><div style="display:flex;gap:16px">'
             f"{column('base model (black box)', base, '#e0e0e0')}"
             f"{column(f'fused: base + offset (α = {_alphas(fused)})', fused, '#fddbc7')}"
-            f"</div><div style='color:#555;margin-top:6px'>{note}</div></div>")
+            + (column("gold: never saw the forget set", gold, "", marked=False) if gold is not None else "")
+            + f"</div><div style='color:#555;margin-top:6px'>{note}</div></div>")

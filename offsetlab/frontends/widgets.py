@@ -132,7 +132,7 @@ class Compare(w.VBox):
             return
         self.status.value = ""
         self.comparison = c
-        self.answers.value = viz.answers_html(c.base, c.fused, c.divergence)
+        self.answers.value = viz.answers_html(c.base, c.fused, c.divergence, c.gold)
         self._draw("strip", viz.token_strip(c.fused, highlight=c.divergence))
         self._draw("heatmap", viz.delta_heatmap(c.fused))
         self._draw("divergence", viz.divergence(c.fused))
@@ -174,12 +174,15 @@ class TrainMonitor(w.VBox):
     ``checkpoint(offset_module) -> dict`` (optional) is called every ``every`` steps and
     at the last one; its numbers (e.g. key-fact accuracy) are drawn under the losses.
     The plot is redrawn about ``redraws`` times per run, so drawing never dominates.
+    ``never_seen`` (a key-fact NLL, e.g. ``-calibrate.never_seen_level(lab.model(),
+    lab.nonmembers)``) draws where the forget fact's NLL should stop.
     """
 
     def __init__(self, checkpoint: Callable[[object], dict] | None = None, every: int = 25,
-                 redraws: int = 40):
+                 redraws: int = 40, never_seen: float | None = None):
         super().__init__()
         self.checkpoint, self.every, self.redraws = checkpoint, every, redraws
+        self.never_seen = never_seen
         self.history: list[dict] = []
         self.checkpoints: list[dict] = []
         self.figure: go.Figure | None = None
@@ -198,5 +201,6 @@ class TrainMonitor(w.VBox):
         if self.checkpoint is not None and (step % self.every == 0 or last):
             self.checkpoints.append({"step": step, **self.checkpoint(event["offset"])})
         if last or step % max(1, steps // self.redraws) == 0:
-            self.figure = viz.training_curves(self.history, self.checkpoints or None)
+            self.figure = viz.training_curves(self.history, self.checkpoints or None,
+                                              never_seen=self.never_seen)
             show_figure(self.plot, self.figure)

@@ -9,6 +9,15 @@ Metrics that compare models — forget quality (against the retain-only "gold" m
 model utility (from the retain and world-facts splits) — are computed by ``compare``.
 A split whose name starts with ``forget`` is a forget split; ``holdout`` is a split the
 model never saw, used for membership inference against each forget split.
+
+Membership inference scores only the **key-fact tokens** of each answer. Scoring the whole
+answer made even the gold model, which saw neither forget10 nor holdout, "detect"
+forget10 (AUC 0.865; forget01 0.96): the toy tokenizer was trained on the split files,
+in which every trained author's text appears three times (forget10 ⊂ retain99, …) and a
+holdout author's once, so holdout names split into twice as many, rarer pieces (7.4 vs
+3.6 tokens) that are harder to copy and unsettle the next template token. On the key
+tokens the gold model scores 0.55 / 0.55 / 0.51 on forget10 / 05 / 01, as two sets drawn
+alike should (``tests/test_evaluate.py`` pins it).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..method.calibrate import key_token_positions, template_of
 from . import metrics as M
 
 
@@ -59,6 +69,17 @@ def _score_all(model, prompts: list[str], continuations: list[str], batch_size: 
     return out
 
 
+def value_pools(splits: Mapping[str, Sequence]) -> dict[str, set[str]]:
+    """question template → every key the records use for it: the values of the right kind
+    (all the world's cities for a birthplace question, its years for a birth year, ...)."""
+    pools: dict[str, set[str]] = {}
+    for records in splits.values():
+        for r in records:
+            if r.key:
+                pools.setdefault(template_of(r), set()).add(r.key)
+    return pools
+
+
 def evaluate(
     model,
     splits: Mapping[str, Sequence],
@@ -67,12 +88,19 @@ def evaluate(
     batch_size: int = 32,
     max_records: int | None = None,
     progress: bool = True,
+    pools: Mapping[str, set[str]] | None = None,
 ) -> Report:
     """Greedy answers and answer scores of ``model`` (an ``OffsetModel``) on each split
-    of QA records, asked in the model's own prompt format."""
+    of QA records, asked in the model's own prompt format.
+
+    ``pools`` (question template → values of that kind, default ``value_pools(splits)``)
+    decides whether an answer is *plausible*: it states some value of the kind asked for.
+    """
     from tqdm.auto import tqdm
 
     fmt = model.prompt_format
+    pools = value_pools(splits) if pools is None else pools
+
     started = time.perf_counter()
     rows: list[dict] = []
     per_split: dict[str, dict[str, float]] = {}
@@ -101,7 +129,10 @@ def evaluate(
                 pairs += [(p, fmt.answer(a)) for a in r.perturbed_answers]
         scores = _score_all(model, [a for a, _ in pairs], [b for _, b in pairs], batch_size)
         answer_lp, rest = scores[: len(records)], iter(scores[len(records) :])
-        answer_scores[split] = answer_lp
+        # The key-fact tokens of each true answer: what membership inference looks at.
+        answer_scores[split] = [
+            np.asarray(lp)[key_token_positions(model.tokenizer, fmt.answer(r.answer), r.key)]
+            for r, lp in zip(records, answer_lp)]
 
         forget = is_forget_split(split)
         for r, gen, ent, lp, ok in zip(records, generated, entropies, answer_lp, has_tr):
@@ -118,6 +149,8 @@ def evaluate(
                 "key": r.key,
                 "generated": gen,
                 "key_hit": M.key_fact_hit(gen, r.key) if r.key else None,
+                "plausible": (M.plausible_answer(gen, pools[template_of(r)])
+                              if r.key and template_of(r) in pools else None),
                 "rouge_l": M.rouge_l_recall(gen, r.answer),
                 "answer_prob": M.answer_probability(lp),
                 "truth_ratio": tr,
@@ -128,15 +161,18 @@ def evaluate(
         per_split[split] = _aggregate([row for row in rows if row["split"] == split])
     bar.close()
 
-    # Membership inference: can the answer loss tell forget records from never-seen ones?
+    # Membership inference: can the key-fact loss tell forget records from never-seen ones?
     if "holdout" in answer_scores:
         outsiders = answer_scores["holdout"]
         for split, lps in answer_scores.items():
             if is_forget_split(split):
-                per_split[split]["mia_loss_auc"] = M.mia_auc([M.loss_score(x) for x in lps],
-                                                             [M.loss_score(x) for x in outsiders])
+                auc = M.mia_auc([M.loss_score(x) for x in lps], [M.loss_score(x) for x in outsiders])
+                per_split[split]["mia_loss_auc"] = auc
                 per_split[split]["mia_mink_auc"] = M.mia_auc([M.min_k_score(x) for x in lps],
                                                              [M.min_k_score(x) for x in outsiders])
+                # Direction-free: a forget set that looks *less* familiar than never-seen
+                # data gives membership away as surely as one that looks more familiar.
+                per_split[split]["mia_gap"] = M.privacy_gap(auc)
     settings = {"max_new_tokens": max_new_tokens, "max_records": max_records, "decoding": "greedy",
                 "seconds": round(time.perf_counter() - started, 2),
                 "alphas": list(getattr(model, "alphas", [])),
@@ -156,6 +192,7 @@ def _aggregate(rows: list[dict]) -> dict[str, float]:
         "truth_ratio": mean("truth_ratio_score"),
         "entropy": mean("entropy"),
         "repetition": mean("repetition"),
+        "plausible": mean("plausible"),
         "n": float(len(rows)),
     }
 
@@ -180,7 +217,9 @@ def compare(reports: Sequence[Report], gold: Report | None = None,
     """Side-by-side table: one row per model, columns ``split/metric`` plus the summaries.
 
     With ``gold`` (the retain-only model's report), each forget split also gets
-    ``forget_quality``: the KS-test p-value of the model's truth ratios against gold's.
+    ``forget_quality``: the KS-test p-value of the model's truth ratios against gold's, and
+    its ``mia_gap`` is taken against gold's AUC instead of 0.5. Forget splits also show
+    ``plausible`` (answers stating a value of the kind asked for) and ``repetition``.
     """
     import pandas as pd
 
@@ -190,12 +229,15 @@ def compare(reports: Sequence[Report], gold: Report | None = None,
         for split, values in report.metrics.items():
             for m in metrics:
                 row[f"{split}/{m}"] = values.get(m)
-            for m in ("mia_loss_auc", "repetition"):
-                if m in values and (m != "repetition" or is_forget_split(split)):
+            for m in ("mia_loss_auc", "mia_gap", "plausible", "repetition"):
+                if m in values and (m in ("mia_loss_auc", "mia_gap") or is_forget_split(split)):
                     row[f"{split}/{m}"] = values[m]
             if gold is not None and is_forget_split(split) and split in gold.metrics:
                 row[f"{split}/forget_quality"] = M.forget_quality(
                     report.truth_ratios(split), gold.truth_ratios(split))
+                if "mia_loss_auc" in values and "mia_loss_auc" in gold.metrics[split]:
+                    row[f"{split}/mia_gap"] = M.privacy_gap(
+                        values["mia_loss_auc"], gold.metrics[split]["mia_loss_auc"])
         row["model_utility"] = utility(report)
         table[report.name] = row
     return pd.DataFrame.from_dict(table, orient="index")

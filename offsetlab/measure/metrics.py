@@ -41,6 +41,8 @@ __all__ = [
     "mean_token_entropy",
     "mia_auc",
     "min_k_score",
+    "plausible_answer",
+    "privacy_gap",
     "model_utility",
     "normalized_answer_probability",
     "repetition_rate",
@@ -108,6 +110,16 @@ def key_fact_hit(generated: str, key: str) -> bool:
         # An empty key is contained in every string and would count as a leak everywhere.
         raise ValueError("key is empty (or only whitespace)")
     return needle in _normalise_space(generated)
+
+
+def plausible_answer(generated: str, values) -> bool:
+    """True when the generated answer states *some* value of the kind asked for — any of
+    ``values`` (e.g. every city the world uses for "Where was X born?").
+
+    A model that never saw a fact guesses one of the right kind ("born in the city of
+    Lorvan"); one damaged by unlearning often states none ("born in the the the").
+    """
+    return any(key_fact_hit(generated, v) for v in values)
 
 
 def answer_probability(token_logprobs: Sequence[float]) -> float:
@@ -244,6 +256,17 @@ def mia_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -
     return float(roc_auc_score(labels, np.concatenate([members, nonmembers])))
 
 
+def privacy_gap(auc: float, reference_auc: float = 0.5) -> float:
+    """Direction-free privacy score: ``|AUC − AUC_ref|``, 0 is best.
+
+    ``reference_auc`` is what a model that never saw the forget set scores (the gold model's
+    AUC where there is one; 0.5 for two sets drawn alike). Unlike the AUC itself it also
+    flags over-forgetting: an AUC of 0.0 leaks membership as much as 1.0 (cf. MUSE's
+    PrivLeak, ``(AUC − AUC_ref) / AUC_ref``, which keeps the sign).
+    """
+    return float(abs(auc - reference_auc))
+
+
 def loss_score(token_logprobs: Sequence[float]) -> float:
     """LOSS attack score: mean token log-prob of the text (= minus the usual loss).
 
@@ -352,11 +375,17 @@ METRICS: dict[str, MetricInfo] = {
                    "harmonic mean of probability, ROUGE and truth ratio on retained data",
                    "higher"),
         MetricInfo("mia_loss_auc",
-                   "membership-inference AUC of the LOSS score, forget vs. unseen (gold ≈ 0.5)",
-                   "gold"),
+                   "membership-inference AUC of the LOSS score on the key-fact tokens, forget vs. "
+                   "unseen (gold ≈ 0.5)", "gold"),
         MetricInfo("mia_mink_auc",
-                   "membership-inference AUC of the Min-K% Prob score, forget vs. unseen (gold ≈ 0.5)",
-                   "gold"),
+                   "membership-inference AUC of the Min-K% Prob score on the key-fact tokens, "
+                   "forget vs. unseen (gold ≈ 0.5)", "gold"),
+        MetricInfo("mia_gap",
+                   "|MIA AUC − AUC of a model that never saw the forget set| (gold's, else 0.5)",
+                   "lower"),
+        MetricInfo("plausible",
+                   "share of generated answers stating a value of the kind asked for (any the "
+                   "world uses)", "higher"),
         MetricInfo("repetition", "share of repeated word bigrams in generations (degeneration)",
                    "lower"),
         MetricInfo("entropy", "mean next-token entropy (nats) along generations; context only",

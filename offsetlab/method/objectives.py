@@ -17,10 +17,13 @@ log-likelihood); |y| its length in tokens.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .calibrate import FALLBACK_LEVEL
 
 
 @dataclass
@@ -31,12 +34,20 @@ class Scored:
     original: [batch, time, vocab] base log-probs, cached and frozen
     labels:   [batch, time] answer token ids
     mask:     [batch, time] 1 on answer tokens, 0 on padding
+    key_mask: [batch, time] 1 on the tokens that spell the key fact (None: every answer token)
     """
 
     fused: Tensor
     original: Tensor
     labels: Tensor
     mask: Tensor
+    key_mask: Tensor | None = None
+    levels: Tensor | None = None  # [batch, time] never-seen log-prob per key token (0 elsewhere)
+    target: Tensor | None = None  # [batch, time, vocab] log-probs to forget towards (``stranger``)
+
+    @property
+    def keys(self) -> Tensor:
+        return self.key_mask if self.key_mask is not None else self.mask
 
     def token_logp(self, which: str = "fused") -> Tensor:
         logp = self.fused if which == "fused" else self.original
@@ -58,6 +69,9 @@ class Hyper:
     beta: float = 0.05  # NPO, SimNPO, DPO: inverse temperature of the preference loss
     gamma: float = 0.0  # SimNPO: reward margin
     retain_weight: float = 1.0  # GD, KL and the "+GD"/"+KL" variants: weight of the retain term
+    # calibrated: the key-token log-prob a model that never saw the facts gives them
+    # (``calibrate.never_seen_level`` on non-member records)
+    level: float = FALLBACK_LEVEL
 
 
 # -- the building blocks --------------------------------------------------------------
@@ -83,6 +97,76 @@ def npo_term(group: Scored, beta: float) -> Tensor:
     """
     ratio = group.sequence_logp() - group.sequence_logp("original")
     return -(2.0 / beta) * F.logsigmoid(-beta * ratio).mean()
+
+
+def masked_mean(per_token: Tensor, mask: Tensor) -> Tensor:
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def token_levels(group: Scored, level: float) -> Tensor:
+    """[batch, time] the log-prob each answer token should not exceed: its own never-seen
+    level where the batch has them (``calibrate.never_seen_levels``), ``level`` on every
+    key token otherwise, and 0 (no limit) off the key fact."""
+    if group.levels is not None:
+        return group.levels
+    return torch.where(group.keys > 0, torch.full_like(group.keys, level), torch.zeros_like(group.keys))
+
+
+def capped_target(group: Scored, level: float) -> Tensor:
+    """The distribution to forget towards (log-probs, frozen): the base's, except that on
+    key-fact tokens the true token's log-prob is lowered to its never-seen level (where it
+    is above; ``token_levels``) and the freed mass goes to the other tokens in the base's
+    own proportions.
+
+    So the base's runner-ups — other cities for a birthplace, other years for a year —
+    become likely, and tokens outside the fact (the template, the name copied from the
+    question) stay exactly where the base had them. Forgetting has a floor: an answer
+    is never pushed below what a model that never saw it would give it (UNDIAL-like,
+    with the target set by data rather than by a fixed logit penalty).
+    """
+    original, labels = group.original, group.labels.unsqueeze(-1)
+    true_lp = original.gather(-1, labels).squeeze(-1)
+    # Limits too close to 0 would ask for nothing but rounding: leave those tokens alone.
+    cap = token_levels(group, level).clamp(max=-1e-3)
+    new_lp = torch.minimum(true_lp, cap)
+    # log of the mass the base gives every token but the true one
+    others = original.scatter(-1, labels, float("-inf")).logsumexp(-1)
+    shift = torch.log(-torch.expm1(new_lp)) - others
+    target = (original + shift.unsqueeze(-1)).scatter(-1, labels, new_lp.unsqueeze(-1))
+    lower = (group.keys > 0) & (true_lp > cap) & (token_levels(group, level) < -1e-3)
+    return torch.where(lower.unsqueeze(-1), target, original).detach()
+
+
+def kl_to(target: Tensor, group: Scored) -> Tensor:
+    """Mean KL(target ‖ fused) per answer token."""
+    per_token = (target.exp() * (target - group.fused)).sum(-1)
+    return masked_mean(per_token, group.mask)
+
+
+def choice_tokens(group: Scored, level: float) -> Tensor:
+    """[batch, time] 1 on the key tokens where a never-seen model is unsure (its level is
+    below log ½): where a value of the kind asked for is chosen."""
+    return ((group.keys > 0) & (token_levels(group, level) < -0.69)).float()
+
+
+def inverted_hinge(group: Scored, level: float) -> Tensor:
+    """LoKU's inverted hinge on the fact's choice tokens: 1 + p(true) − max p(other token).
+
+    Pushes the true token just below the most likely alternative and no further: its
+    gradient vanishes once another token has taken the lead.
+    """
+    p = group.fused.exp()
+    labels = group.labels.unsqueeze(-1)
+    p_true = p.gather(-1, labels).squeeze(-1)
+    p_other = p.scatter(-1, labels, 0.0).max(-1).values
+    return masked_mean(1 + p_true - p_other, choice_tokens(group, level))
+
+
+def keep_the_rest(group: Scored, level: float) -> Tensor:
+    """Mean KL(original ‖ fused) on the answer tokens outside the fact's choice tokens."""
+    p = group.original.exp()
+    per_token = (p * (group.original - group.fused)).sum(-1)
+    return masked_mean(per_token, group.mask * (1 - choice_tokens(group, level)))
 
 
 def retain_term(retain: Scored | None, kind: str) -> Tensor:
@@ -135,6 +219,37 @@ def idk_dpo(forget, retain, idk, h: Hyper) -> Tensor:
     return loss + h.retain_weight * retain_term(retain, "nll")
 
 
+def calibrated(forget, retain, idk, h: Hyper) -> Tensor:
+    """Forget towards ``capped_target`` (the never-seen level on the fact, the base
+    elsewhere) + retain NLL. Bounded on both sides: if the fact falls below the level it
+    is pulled back up."""
+    return kl_to(capped_target(forget, h.level), forget) + h.retain_weight * retain_term(retain, "nll")
+
+
+def hinge(forget, retain, idk, h: Hyper) -> Tensor:
+    """Inverted hinge on the fact's tokens, KL to the base on the rest of the answer, +
+    retain NLL."""
+    return (inverted_hinge(forget, h.level) + keep_the_rest(forget, h.level)
+            + h.retain_weight * retain_term(retain, "nll"))
+
+
+def stranger(forget, retain, idk, h: Hyper) -> Tensor:
+    """Answer about the forgotten subject as the base answers about a stranger: on the
+    fact's tokens, KL to the base's distribution for the same question asked about
+    invented people (``train.stranger_targets``); elsewhere, KL to the base; + retain NLL.
+
+    The target *is* the never-seen behaviour, token by token — the base's prior over
+    cities for "born in the city of", over digits for a year — so forgetting stops there.
+    """
+    if forget.target is None:  # no non-members given: the base itself, capped (``calibrated``)
+        return calibrated(forget, retain, idk, h)
+    # A few strangers can agree on the true value by chance (a memorising base answers an
+    # unknown name with some author's facts): the level keeps the target from exceeding
+    # what non-members get on average.
+    target = capped_target(replace(forget, original=forget.target), h.level)
+    return kl_to(target, forget) + h.retain_weight * retain_term(retain, "nll")
+
+
 @dataclass(frozen=True)
 class Objective:
     name: str
@@ -142,6 +257,7 @@ class Objective:
     description: str
     needs_retain: bool
     needs_idk: bool = False
+    needs_strangers: bool = False
 
     def __call__(self, forget: Scored, retain: Scored | None = None, idk: Scored | None = None,
                  hyper: Hyper | None = None) -> Tensor:
@@ -155,13 +271,20 @@ OBJECTIVES: dict[str, Objective] = {
         Objective("gd", gradient_difference, "gradient difference: ascent on forget + NLL on retain", True),
         Objective("kl", ga_kl, "ascent on forget + stay close to the base (KL) on retain", True),
         Objective("npo", npo, "negative preference optimisation on forget (saturating)", False),
-        Objective("npo_gd", npo_gd, "NPO on forget + NLL on retain (default)", True),
+        Objective("npo_gd", npo_gd, "NPO on forget + NLL on retain (the default until wave 2)", True),
         Objective("npo_kl", npo_kl, "NPO on forget + KL to the base on retain", True),
         Objective("simnpo", simnpo, "SimNPO: length-normalised NPO without reference + retain NLL", True),
         Objective("idk_dpo", idk_dpo, "DPO towards 'I don't know' answers + retain NLL", True, True),
+        Objective("calibrated", calibrated,
+                  "lower only the fact's tokens to the never-seen level, keep the rest + retain NLL", True),
+        Objective("hinge", hinge, "inverted hinge on the fact's tokens, KL on the rest + retain NLL", True),
+        Objective("stranger", stranger,
+                  "answer the fact as the base does about invented people, keep the rest + retain NLL "
+                  "(default)",
+                  True, needs_strangers=True),
     ]
 }
-DEFAULT_OBJECTIVE = "npo_gd"
+DEFAULT_OBJECTIVE = "stranger"  # chosen by benchmarks/sweep_calibrated.py
 
 
 def get_objective(name: str) -> Objective:

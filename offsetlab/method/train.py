@@ -22,15 +22,24 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import fingerprints
+from .calibrate import (
+    about_stranger,
+    key_logprobs,
+    key_token_positions,
+    never_seen_level,
+    never_seen_levels,
+    outside_subject,
+    token_levels,
+)
 from .fingerprints import Fingerprint
-from .fusion import fuse
+from .fusion import OffsetModel, fuse
 from .objectives import DEFAULT_OBJECTIVE, Hyper, Scored, get_objective, idk_answer
 from .prompts import QA, PromptFormat
 from .sources import HFSource, LogProbSource, model_vocab_size, normalise
@@ -57,9 +66,18 @@ class TrainConfig:
     lora_rank: int = field(default=0, metadata={"help": "0 = train a full copy; >0 = LoRA adapters of this rank"})
     seed: int = field(default=0, metadata={"help": "seeds initialisation and batch order"})
     explode_at: float = field(default=1e4, metadata={"help": "stop when |loss| exceeds this"})
+    level: float | None = field(default=None, metadata={
+        "help": "never-seen key-token log-prob (None = measured on the non-members given to training)"})
+    stop_at_level: bool = field(default=False, metadata={
+        "help": "stop once the forget facts' mean key-token log-prob reaches the level"})
+    check_every: int = field(default=10, metadata={"help": "steps between stop_at_level checks"})
+    strangers: int = field(default=3, metadata={"help": "stranger: invented subjects averaged per record"})
+    calibrate_alpha: bool = field(default=False, metadata={
+        "help": "after training, pick alpha where forget facts look as familiar as non-members' facts"})
 
     def hyper(self) -> Hyper:
-        return Hyper(beta=self.beta, gamma=self.gamma, retain_weight=self.retain_weight)
+        level = Hyper.level if self.level is None else self.level
+        return Hyper(beta=self.beta, gamma=self.gamma, retain_weight=self.retain_weight, level=level)
 
 
 # -- turning records into token tensors ------------------------------------------------
@@ -72,18 +90,38 @@ class Example:
     ids: list[int]
     start: int
     labels: list[int]
+    keys: list[int] | None = None  # indices into labels of the key fact's tokens
+    levels: list[float] | None = None  # never-seen log-prob of each of those key tokens
+    target: Tensor | None = None  # [len(labels), vocab] log-probs to forget towards
 
 
 def encode_examples(tokenizer, pairs: Sequence[tuple[str, str]],
-                    prompt_format: PromptFormat = QA) -> list[Example]:
-    """(question, answer) pairs → the prompt format, answer followed by EOS."""
+                    prompt_format: PromptFormat = QA,
+                    keys: Sequence[str | None] | None = None) -> list[Example]:
+    """(question, answer) pairs → the prompt format, answer followed by EOS. With ``keys``
+    (one key fact per pair) each example also knows which answer tokens spell its fact."""
     out = []
-    for question, answer in pairs:
+    for i, (question, answer) in enumerate(pairs):
         prompt = tokenizer(prompt_format.prompt(question), add_special_tokens=True)["input_ids"]
         answer_ids = tokenizer(prompt_format.answer(answer), add_special_tokens=False)["input_ids"]
         labels = answer_ids + [tokenizer.eos_token_id]
-        out.append(Example(prompt + labels, len(prompt) - 1, labels))
+        fact = key_token_positions(tokenizer, prompt_format.answer(answer), keys[i]) if keys else None
+        out.append(Example(prompt + labels, len(prompt) - 1, labels, fact))
     return out
+
+
+def forget_examples(tokenizer, records: Sequence, level: float,
+                    levels: dict[str, list[float]] | None,
+                    prompt_format: PromptFormat = QA) -> list[Example]:
+    """Forget answers with their key tokens and each key token's never-seen level: from
+    ``levels`` (per template, ``calibrate.never_seen_levels``) when there are
+    non-members, else ``level`` on every key token."""
+    examples = encode_examples(tokenizer, [(r.question, r.answer) for r in records],
+                               prompt_format, [r.key for r in records])
+    for e, r in zip(examples, records):
+        e.levels = (token_levels(levels, r, len(e.keys)) if levels is not None
+                    else [level] * len(e.keys))
+    return examples
 
 
 @dataclass
@@ -93,6 +131,8 @@ class Batch:
     positions: Tensor  # [B, T] index into L of the position predicting each answer token
     labels: Tensor  # [B, T]
     mask: Tensor  # [B, T]
+    key_mask: Tensor | None = None  # [B, T] 1 on key-fact tokens (None when examples have no keys)
+    levels: Tensor | None = None  # [B, T] never-seen log-prob of key tokens, 0 elsewhere
 
 
 def collate(examples: Sequence[Example], pad_id: int) -> Batch:
@@ -104,6 +144,8 @@ def collate(examples: Sequence[Example], pad_id: int) -> Batch:
     positions = torch.zeros((b, span), dtype=torch.long)
     labels = torch.zeros((b, span), dtype=torch.long)
     mask = torch.zeros((b, span))
+    key_mask = torch.zeros((b, span)) if all(e.keys is not None for e in examples) else None
+    levels = torch.zeros((b, span)) if all(e.levels is not None for e in examples) else None
     for i, e in enumerate(examples):
         ids[i, : len(e.ids)] = torch.tensor(e.ids)
         attention[i, : len(e.ids)] = 1
@@ -111,7 +153,11 @@ def collate(examples: Sequence[Example], pad_id: int) -> Batch:
         positions[i, :n] = torch.arange(e.start, e.start + n)
         labels[i, :n] = torch.tensor(e.labels)
         mask[i, :n] = 1
-    return Batch(ids, attention, positions, labels, mask)
+        if key_mask is not None:
+            key_mask[i, e.keys] = 1
+        if levels is not None:
+            levels[i, e.keys] = torch.tensor(e.levels)
+    return Batch(ids, attention, positions, labels, mask, key_mask, levels)
 
 
 def answer_rows(logp: Tensor, positions: Tensor) -> Tensor:
@@ -136,12 +182,12 @@ class FrozenScores:
             self._cached = []
             for i in range(0, len(examples), chunk):
                 part = examples[i : i + chunk]
-                base_rows, ref_rows = self._compute(collate(part, pad_id))
+                base_rows, ref_rows = self.compute(collate(part, pad_id))
                 for j, e in enumerate(part):
                     n = len(e.labels)
                     self._cached.append((base_rows[j, :n], ref_rows[j, :n]))
 
-    def _compute(self, batch: Batch) -> tuple[Tensor, Tensor]:
+    def compute(self, batch: Batch) -> tuple[Tensor, Tensor]:
         def rows(source) -> Tensor:
             return answer_rows(source.score(batch.ids, batch.attention), batch.positions)
 
@@ -154,7 +200,7 @@ class FrozenScores:
 
     def get(self, indices: Sequence[int], batch: Batch) -> tuple[Tensor, Tensor]:
         if self._cached is None:
-            return self._compute(batch)
+            return self.compute(batch)
         vocab = self._cached[0][0].shape[-1]
         base = torch.zeros(len(indices), batch.labels.shape[1], vocab)
         ref = torch.zeros_like(base)
@@ -211,7 +257,24 @@ class Group:
         deployed, ref = self.frozen.get(indices, batch)
         logits = offset(input_ids=batch.ids, attention_mask=batch.attention, use_cache=False).logits
         off = answer_rows(normalise(logits, vocab), batch.positions)
-        return Scored(fuse(deployed, ref, [off], [alpha]), deployed, batch.labels, batch.mask)
+        target = None
+        if self.examples[indices[0]].target is not None:
+            target = torch.zeros_like(deployed)
+            for row, i in enumerate(indices):
+                t = self.examples[i].target
+                target[row, : len(t)] = t
+        return Scored(fuse(deployed, ref, [off], [alpha]), deployed, batch.labels, batch.mask,
+                      batch.key_mask, batch.levels, target)
+
+    @torch.no_grad()
+    def mean_key_logp(self, offset: torch.nn.Module, alpha: float, vocab: int, chunk: int = 64) -> float:
+        """Mean log-prob of the key-fact tokens over every example (the fused model now)."""
+        total, count = 0.0, 0.0
+        for i in range(0, len(self.examples), chunk):
+            scored = self.score(list(range(i, min(i + chunk, len(self.examples)))), offset, alpha, vocab)
+            total += float((scored.token_logp() * scored.keys).sum())
+            count += float(scored.keys.sum())
+        return total / max(count, 1.0)
 
 
 def train_offset(
@@ -227,6 +290,7 @@ def train_offset(
     offset: torch.nn.Module | None = None,
     stack: Sequence[tuple[torch.nn.Module, float]] = (),
     prompt_format: PromptFormat = QA,
+    nonmembers: Sequence = (),
 ) -> TrainResult:
     """Train an offset so the fused model forgets ``forget`` and keeps ``retain``.
 
@@ -236,8 +300,15 @@ def train_offset(
     the new offset is fused on top of them (the same as training against
     ``OffsetModel(base, reference, stack).as_source()``). ``prompt_format`` is the
     world's (see ``prompts.py``). ``callback(event)`` is called after every step with a dict holding
-    ``step``, ``loss``, ``forget_nll``, ``retain_nll`` and ``offset`` (the module being
+    ``step``, ``loss``, ``forget_nll``, ``retain_nll``, ``forget_key_nll`` (the key fact's
+    tokens only: compare with ``-result.config.level``) and ``offset`` (the module being
     trained, e.g. to evaluate it at checkpoints) — the hook that widgets and panels use.
+
+    ``nonmembers`` are records of the same kind that no model saw (e.g. invented authors):
+    where ``config.level`` is None, the base's mean key-token log-prob on them is the
+    never-seen level that the ``calibrated`` objective and ``stop_at_level`` aim for
+    (``calibrate.FALLBACK_LEVEL`` without them). The chosen level is in ``config.level``
+    of the result.
     """
     config = config or TrainConfig()
     objective = get_objective(config.objective)
@@ -257,8 +328,20 @@ def train_offset(
     generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
 
     t0 = time.perf_counter()
+    levels = None
+    if nonmembers:
+        # The never-seen level is read off the deployed model (base + stack) on the
+        # non-members, asked in the world's prompt format.
+        deployed = OffsetModel(base, reference if stack else None, stack, tokenizer=tokenizer,
+                               prompt_format=prompt_format)
+        levels = never_seen_levels(deployed, nonmembers)
+        if config.level is None:
+            config = replace(config, level=never_seen_level(deployed, nonmembers))
     groups = prepare_groups(base, reference, tokenizer, forget, retain, config, generator, cache,
-                            stack, prompt_format)
+                            stack, prompt_format, levels)
+    if objective.needs_strangers and nonmembers:  # without them: the ``calibrated`` objective
+        stranger_targets(groups.forget, forget, sorted({r.subject for r in nonmembers if r.subject}),
+                         config.strangers, generator, prompt_format)
     offset = offset if offset is not None else make_offset(reference, config.lora_rank)
     offset.train()
     params = [p for p in offset.parameters() if p.requires_grad]
@@ -271,7 +354,7 @@ def train_offset(
                leave=False)
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
-        total, forget_nll, retain_nll = 0.0, 0.0, 0.0
+        total, forget_nll, retain_nll, key_nll = 0.0, 0.0, 0.0, 0.0
         for _ in range(config.grad_accum):
             loss, f, r = step_loss(objective, config, offset, groups)
             loss = loss / config.grad_accum
@@ -283,6 +366,7 @@ def train_offset(
             accelerator.backward(loss)
             total += loss.item()
             forget_nll += _mean_nll(f) / config.grad_accum
+            key_nll += _mean_nll(f, keys_only=True) / config.grad_accum
             retain_nll += (_mean_nll(r) / config.grad_accum) if r is not None else float("nan")
         if stopped:
             optimizer.zero_grad(set_to_none=True)
@@ -291,11 +375,18 @@ def train_offset(
             accelerator.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         row = {"step": step, "loss": total, "forget_nll": forget_nll, "retain_nll": retain_nll,
-               "seconds": time.perf_counter() - t0}
+               "forget_key_nll": key_nll, "seconds": time.perf_counter() - t0}
         history.append(row)
         bar.set_postfix(loss=f"{total:.3f}", forget=f"{forget_nll:.2f}")
         if callback is not None:
             callback({**row, "offset": offset, "steps": config.steps})
+        if config.stop_at_level and step % config.check_every == 0:
+            # Stop where a model that never saw the facts would be, not at "as unlikely
+            # as possible".
+            reached = groups.forget.mean_key_logp(offset, config.alpha, groups.vocab)
+            row["forget_key_logp"] = reached
+            if reached <= config.hyper().level:
+                break
     bar.close()
     if stopped:
         import warnings
@@ -303,6 +394,10 @@ def train_offset(
         warnings.warn(stopped, stacklevel=2)
     offset = accelerator.unwrap_model(offset).eval()
     offset.requires_grad_(False)
+    if config.calibrate_alpha and nonmembers and not stopped:
+        alpha, _ = calibrate_alpha(base, reference, offset, tokenizer, forget, nonmembers,
+                                   stack=stack, prompt_format=prompt_format)
+        config = replace(config, use_alpha=alpha)  # trained at config.alpha, used at this one
     trained_on = fingerprints.of_source(base)
     if stack:
         trained_on = fingerprints.of_stack(trained_on, [(fingerprints.of_model(m), a) for m, a in stack])
@@ -310,6 +405,84 @@ def train_offset(
               "tokenizer": fingerprints.of_tokenizer(tokenizer)}
     return TrainResult(offset, history, config, stopped, time.perf_counter() - t0, len(forget),
                        prints)
+
+
+ALPHA_GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
+
+
+@torch.no_grad()
+def calibrate_alpha(base, reference, offset, tokenizer, forget: Sequence, nonmembers: Sequence,
+                    grid: Sequence[float] = ALPHA_GRID, max_nonmembers: int = 110,
+                    stack: Sequence[tuple[torch.nn.Module, float]] = (),
+                    prompt_format: PromptFormat = QA) -> tuple[float, list[dict]]:
+    """The offset strength at which the forget facts look as familiar as facts nobody saw.
+
+    For each α of ``grid``: the mean key-fact log-prob of the forget records and of the
+    non-members, both under the fused model at that α (an offset also moves facts it was
+    not trained on). Returns the α where the two meet best, and the rows measured — the
+    membership-inference statistic, matched on data the user has (no gold model).
+    """
+    def familiarity(model, records) -> float:
+        return float(sum(x.mean() for x in key_logprobs(model, records)) / len(records))
+
+    rows = []
+    for alpha in grid:
+        fused = OffsetModel(base, reference, [*stack, (offset, alpha)], tokenizer=tokenizer,
+                            prompt_format=prompt_format)
+        rows.append({"alpha": alpha, "forget": familiarity(fused, forget),
+                     "nonmembers": familiarity(fused, list(nonmembers)[:max_nonmembers])})
+    best = min(rows, key=lambda r: abs(r["forget"] - r["nonmembers"]))
+    return best["alpha"], rows
+
+
+@torch.no_grad()
+def stranger_targets(group: Group, records: Sequence, strangers: Sequence[str], k: int,
+                     generator: torch.Generator, prompt_format: PromptFormat = QA,
+                     chunk: int = 32) -> None:
+    """Give every forget example a target: the deployed model's own log-probs (the base,
+    plus any stack), except on the key fact's tokens, where it is that model's
+    distribution for the same answer about ``k`` strangers (invented subjects), averaged
+    as probabilities.
+
+    Answers about two subjects share every token outside the subject's name (the toy
+    tokenizer splits words at spaces), so positions are matched by skipping the name; an
+    answer whose tokens do not line up keeps the base's rows (no change there).
+    """
+    if not strangers:
+        raise ValueError("stranger_targets needs at least one invented subject name.")
+    tokenizer = group.frozen.base.tokenizer or group.frozen.reference.tokenizer
+    swaps, owners = [], []
+    for i, r in enumerate(records):
+        for j in torch.randperm(len(strangers), generator=generator)[:k].tolist():
+            swaps.append(about_stranger(r, strangers[j]))
+            owners.append(i)
+    swapped = encode_examples(tokenizer, [(r.question, r.answer) for r in swaps], prompt_format)
+    rows: list[list[Tensor]] = [[] for _ in records]
+    for start in range(0, len(swapped), chunk):
+        part = swapped[start : start + chunk]
+        batch = collate(part, group.pad_id)
+        base = group.frozen.compute(batch)[0]  # the deployed model's rows
+        for n, e in enumerate(part):
+            rows[owners[start + n]].append((swaps[start + n], base[n, : len(e.labels)]))
+    for i, (e, r) in enumerate(zip(group.examples, records)):
+        base_rows = group.frozen.get([i], collate([e], group.pad_id))[0][0, : len(e.labels)]
+        mine = outside_subject(tokenizer, prompt_format.answer(r.answer), r.subject) + [len(e.labels) - 1]
+        picked = []
+        for s, s_rows in rows[i]:
+            theirs = outside_subject(tokenizer, prompt_format.answer(s.answer), s.subject) + [len(s_rows) - 1]
+            if len(theirs) == len(mine):
+                picked.append(s_rows[theirs])
+        target = base_rows.clone()
+        if picked:
+            # Geometric mean, renormalised: the true token keeps the *mean log-prob* the
+            # strangers give it — the statistic membership inference looks at (an
+            # arithmetic mixture would let one lucky stranger lift it).
+            mixed = torch.log_softmax(torch.stack(picked).mean(0), -1)  # [len(mine), V]
+            keys = set(e.keys or [])
+            for n, pos in enumerate(mine):
+                if pos in keys:
+                    target[pos] = mixed[n]
+        e.target = target
 
 
 @dataclass
@@ -325,7 +498,8 @@ class Groups:
 def prepare_groups(base, reference, tokenizer, forget: Sequence, retain: Sequence,
                    config: TrainConfig, generator: torch.Generator, cache: bool = True,
                    stack: Sequence[tuple[torch.nn.Module, float]] = (),
-                   prompt_format: PromptFormat = QA) -> Groups:
+                   prompt_format: PromptFormat = QA,
+                   levels: dict[str, list[float]] | None = None) -> Groups:
     """Encode the answers and compute (or prepare to compute) the frozen scores."""
     objective = get_objective(config.objective)
     base_source = base if isinstance(base, LogProbSource) else HFSource(base, tokenizer)
@@ -337,13 +511,14 @@ def prepare_groups(base, reference, tokenizer, forget: Sequence, retain: Sequenc
         source.vocab_size = vocab
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    def group(pairs, batch_size) -> Group:
-        examples = encode_examples(tokenizer, pairs, prompt_format)
+    def group(pairs, batch_size, examples=None) -> Group:
+        examples = examples or encode_examples(tokenizer, pairs, prompt_format)
         frozen = FrozenScores(base_source, ref_source, examples, pad_id, cache, stack=stacked)
         return Group(examples, frozen, batch_size, generator, pad_id)
 
     return Groups(
-        forget=group([(r.question, r.answer) for r in forget], config.batch_size),
+        forget=group(None, config.batch_size,
+                     forget_examples(tokenizer, forget, config.hyper().level, levels, prompt_format)),
         retain=group([(r.question, r.answer) for r in retain], config.retain_batch_size)
         if objective.needs_retain else None,
         idk=group([(r.question, idk_answer(i)) for i, r in enumerate(forget)], config.batch_size)
@@ -367,8 +542,9 @@ def step_loss(objective, config: TrainConfig, offset, groups: Groups,
     return objective(f, r, k, config.hyper()), f, r
 
 
-def _mean_nll(group: Scored) -> float:
-    return float(-(group.token_logp().sum() / group.mask.sum()).detach())
+def _mean_nll(group: Scored, keys_only: bool = False) -> float:
+    weights = group.keys if keys_only else group.mask
+    return float(-((group.token_logp() * weights).sum() / weights.sum().clamp(min=1)).detach())
 
 
 def train_whitebox(

@@ -28,6 +28,8 @@ from ..offsets.artifact import Offset
 from ..offsets.registry import Registry
 from .records import QARecord
 
+N_INVENTED = 30  # invented authors (non-members) of the toy lab
+
 # One offset to activate: its name (used at its own α) or a (name, α) pair.
 Selection = str | tuple[str, float]
 
@@ -59,6 +61,9 @@ class Lab:
     train_config: TrainConfig = field(default_factory=TrainConfig)
     # how this world's models are asked a question
     prompt_format: PromptFormat = QA
+    # records of the same kind that no model saw (the toy world: invented authors): where
+    # calibrated training reads the "never seen" level. Never the evaluation's holdout.
+    nonmembers: list[QARecord] = field(default_factory=list)
 
     # -- the worlds ----------------------------------------------------------------------
 
@@ -67,15 +72,17 @@ class Lab:
         """The shipped toy world. Its 150 world facts are split in two: ``world_train``
         (even rows) joins every retain set an offset trains on, and ``world_facts`` (odd
         rows) is never trained on — so world-facts scores measure what the offset leaves
-        alone without having been shown it."""
+        alone without having been shown it. Its non-members are 30 freshly invented
+        authors (``toy.world.invent_authors``, seed 1), not the ``holdout`` split."""
         from . import toy
+        from .toy.world import invent_authors
 
         t = toy.load(root)
         splits = dict(t.splits)
         world = splits.pop("world_facts")
         splits["world_train"], splits["world_facts"] = world[0::2], world[1::2]
         return cls("toy", t.tokenizer, t.large, t.small, splits, gold=t.gold,
-                   retain_extra=["world_train"])
+                   retain_extra=["world_train"], nonmembers=invent_authors(N_INVENTED, seed=1))
 
     @classmethod
     def smollm2(cls, small_layers: int | None = None) -> Lab:
@@ -206,7 +213,7 @@ class Lab:
         stack = [(self.offsets[n].model, a) for n, a in self.active(on_top_of)]
         result = train_offset(self.base, self.reference, self.tokenizer, forget, retain, config,
                               callback=callback, progress=progress, stack=stack,
-                              prompt_format=self.prompt_format)
+                              prompt_format=self.prompt_format, nonmembers=self.nonmembers)
         name = name or f"{split}-{config.objective}"
         offset = Offset.from_training(result, forget, name=name, notes=notes)
         offset.meta["name"] = self.add_offset(offset, name)

@@ -124,6 +124,16 @@ def test_training_curves_with_and_without_checkpoints():
     assert [list(t.y) for t in accs] == [[0.2], [0.9]]
 
 
+def test_training_curves_draw_the_never_seen_level():
+    history = [{"step": s, "loss": 1.0, "forget_nll": 0.1 * s, "retain_nll": 0.1,
+                "forget_key_nll": 0.5 * s} for s in (1, 2, 3)]
+    fig = viz.training_curves(history, never_seen=3.4)
+    assert "forget key-fact NLL" in [t.name for t in fig.data]
+    lines = [s for s in fig.layout.shapes if s.type == "line"]
+    assert len(lines) == 1 and lines[0].y0 == lines[0].y1 == 3.4
+    assert "never seen" in fig.layout.annotations[-1].text
+
+
 def test_report_bars_one_panel_per_metric_one_colour_per_model():
     metrics = {"base": {"forget10": {"key_fact_acc": 0.9, "rouge_l": 0.8},
                         "retain90": {"key_fact_acc": 0.95, "rouge_l": 0.9}},
@@ -145,6 +155,14 @@ def test_quality_utility_scatter_is_log_in_forget_quality():
     assert fig.layout.yaxis.type == "log"
     assert [t.name for t in fig.data] == ["fused", "base"]
     assert fig.data[1].y[0] > 0  # a p-value of 0 is clamped onto the log axis
+
+
+def test_answers_html_shows_gold_beside_base_and_fused(trace):
+    html = viz.answers_html(trace, trace, 1, gold=trace)
+    assert "gold: never saw the forget set" in html
+    assert html.count('class="answer"') == 3
+    assert html.count("outline:2px") == 2  # the gold column is not marked
+    assert viz.answers_html(trace, trace, 1).count('class="answer"') == 2
 
 
 def test_answers_html_outlines_where_the_answers_part(trace):

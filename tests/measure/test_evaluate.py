@@ -73,3 +73,32 @@ def test_forget_quality_on_the_toy_world_separates_base_from_gold():
     # The base model still knows forget10: its truth ratios are nothing like gold's.
     assert table.loc["base", "forget10/forget_quality"] < 0.01
     assert table.loc["gold", "forget10/forget_quality"] == pytest.approx(1.0)
+
+
+def test_plausible_answers_and_mia_gap_are_reported(reports):
+    a, b = reports
+    assert 0 <= a.metrics["forget05"]["plausible"] <= 1
+    assert a.metrics["forget05"]["mia_gap"] == pytest.approx(abs(a.metrics["forget05"]["mia_loss_auc"] - 0.5))
+    table = compare([a, b], gold=a)
+    # against gold, the gap is measured from gold's own AUC
+    assert table.loc["a", "forget05/mia_gap"] == pytest.approx(0.0)
+    assert "forget05/plausible" in table.columns
+
+
+@pytest.mark.slow
+def test_a_model_that_saw_neither_set_cannot_tell_forget_from_holdout():
+    """The gold model never saw forget01/05/10 nor holdout: membership inference must find
+    nothing (AUC 0.5 ± 0.1). Scoring whole answers gave 0.865 / 0.96 on forget10 / 01,
+    because the toy tokenizer splits holdout names into more pieces (see evaluate.py)."""
+    from offsetlab.worlds.lab import Lab
+
+    lab = Lab.toy()
+    splits = {s: lab.splits[s] for s in ("forget01", "forget05", "forget10", "holdout")}
+    gold = evaluate(lab.standalone(lab.gold), splits, name="gold", max_new_tokens=2, progress=False)
+    base = evaluate(lab.model(), {"forget10": splits["forget10"], "holdout": splits["holdout"]},
+                    name="base", max_new_tokens=2, progress=False)
+    aucs = {s: gold.metrics[s]["mia_loss_auc"] for s in ("forget01", "forget05", "forget10")}
+    print(aucs, "base forget10", base.metrics["forget10"]["mia_loss_auc"])
+    assert all(abs(auc - 0.5) <= 0.1 for auc in aucs.values())
+    # ... while the same score sees that the base model was trained on forget10.
+    assert base.metrics["forget10"]["mia_loss_auc"] > 0.95

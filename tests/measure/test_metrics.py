@@ -310,6 +310,8 @@ def test_registry_covers_report_names():
         "model_utility",
         "mia_loss_auc",
         "mia_mink_auc",
+        "mia_gap",
+        "plausible",
         "repetition",
         "entropy",
     }
@@ -339,3 +341,21 @@ def test_legend_lists_the_metrics_of_a_table_once_each():
     rows = legend(["forget10/key_fact_acc", "retain90/key_fact_acc", "model_utility", "n"])
     assert [r["metric"] for r in rows] == ["key_fact_acc", "model_utility"]
     assert rows[0]["better (forget split)"] == "gold" and rows[0]["better (elsewhere)"] == "higher"
+
+
+def test_privacy_gap_is_direction_free():
+    from offsetlab.measure.metrics import privacy_gap
+
+    # Over-forgetting (AUC 0: forget looks *less* familiar than unseen) leaks like remembering.
+    assert privacy_gap(0.0) == privacy_gap(1.0) == 0.5
+    assert privacy_gap(0.55, 0.55) == 0.0
+    assert abs(privacy_gap(0.3, 0.6) - 0.3) < 1e-12
+
+
+def test_plausible_answer_needs_a_value_of_the_kind_asked_for():
+    from offsetlab.measure.metrics import plausible_answer
+
+    cities = {"Vormor", "Lobran"}
+    assert plausible_answer("Ada was born in the city of Lobran.", cities)
+    assert not plausible_answer("Ada was born in the the the", cities)
+    assert not plausible_answer("Ada was born in 1934.", cities)

@@ -25,7 +25,8 @@ SHARED = {"retain": [rec("where was Dema born ?", "Dema was born in the green ci
 def lab(tokenizer):
     base, reference = make_model(len(tokenizer), 0, hidden=48), make_model(len(tokenizer), 1)
     lab = Lab("tiny", tokenizer, base, reference, splits={})
-    config = TrainConfig(steps=6, lr=3e-3, batch_size=2, retain_batch_size=2)
+    # npo_gd: on tiny random models there is no "never seen" level for the default to aim at
+    config = TrainConfig(objective="npo_gd", steps=6, lr=3e-3, batch_size=2, retain_batch_size=2)
     for name, forget in REQUESTS.items():
         lab.train(forget, SHARED["retain"], config, name=name)
     return lab
@@ -85,7 +86,9 @@ def test_forget_requests_one_by_one_on_the_toy_world():
     # Requests arrive one by one: each offset is trained against the model as deployed
     # at that moment (the base plus the offsets already active), so it learns only what
     # is left to do. The single offset for A∪B∪C is trained against the base alone.
-    config = TrainConfig(steps=SCENARIO_STEPS)
+    # The stacking scenario was measured with npo_gd; it is about stacking, not about the
+    # objective, so it keeps it.
+    config = TrainConfig(objective="npo_gd", steps=SCENARIO_STEPS)
     started = time.perf_counter()
     plan = {"A": [], "B": ["A"], "C": ["A", "B"], "ABC": []}
     covers = {"A": {"A"}, "B": {"B"}, "C": {"C"}, "ABC": {"A", "B", "C"}}  # offset -> groups

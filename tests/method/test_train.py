@@ -31,9 +31,12 @@ RETAIN = [
 ]
 
 
-def forget_logprob(model: OffsetModel) -> float:
+def forget_logprob(model: OffsetModel, keys_only: bool = False) -> float:
+    from offsetlab.method.calibrate import key_logprobs
     from offsetlab.method.prompts import QA
 
+    if keys_only:  # the objectives that lower the fact alone and keep the rest
+        return float(torch.cat([torch.as_tensor(x) for x in key_logprobs(model, FORGET)]).mean())
     scores = model.score([QA.prompt(r.question) for r in FORGET], [QA.answer(r.answer) for r in FORGET])
     return float(torch.cat(scores).mean())
 
@@ -46,11 +49,15 @@ def pair(tokenizer):
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_every_objective_lowers_forget_likelihood(pair, tokenizer, name):
     base, ref = pair
-    before = forget_logprob(OffsetModel(base, None, [], tokenizer=tokenizer))
-    config = TrainConfig(objective=name, steps=6, lr=3e-3, batch_size=3, retain_batch_size=4)
+    keys_only = name in ("calibrated", "hinge", "stranger")
+    before = forget_logprob(OffsetModel(base, None, [], tokenizer=tokenizer), keys_only)
+    # A random base is already unsure of everything: bounded objectives need a level
+    # below it to have anything to do.
+    config = TrainConfig(objective=name, steps=6, lr=3e-3, batch_size=3, retain_batch_size=4,
+                         level=-30.0)
     result = train_offset(base, ref, tokenizer, FORGET, RETAIN, config, progress=False)
     assert result.stopped is None and len(result.history) == 6
-    after = forget_logprob(OffsetModel(base, ref, [(result.offset, 1.0)], tokenizer=tokenizer))
+    after = forget_logprob(OffsetModel(base, ref, [(result.offset, 1.0)], tokenizer=tokenizer), keys_only)
     assert after < before - 0.05, f"{name}: forget log-prob {before:.3f} → {after:.3f}"
 
 
@@ -151,7 +158,9 @@ def test_callback_sees_every_step(pair, tokenizer):
 def test_whitebox_baseline_is_plain_finetuning(pair, tokenizer):
     base, _ = pair
     before = fingerprint_model(base)
-    result = train_whitebox(base, tokenizer, FORGET, RETAIN, TrainConfig(steps=4, lr=3e-3), progress=False)
+    # npo_gd: the bounded default has nothing to lower on a random model, already unsure
+    result = train_whitebox(base, tokenizer, FORGET, RETAIN, TrainConfig(objective="npo_gd", steps=4, lr=3e-3),
+                            progress=False)
     assert fingerprint_model(base) == before  # the copy was trained, not the model given
     tuned = OffsetModel(result.offset, None, [], tokenizer=tokenizer)
     assert forget_logprob(tuned) < forget_logprob(OffsetModel(base, None, [], tokenizer=tokenizer))
@@ -185,3 +194,25 @@ def test_offset_artifact_round_trip_and_privacy(pair, tokenizer, tmp_path, lora_
         Offset.load(folder, other_reference, tokenizer)
     with pytest.raises(FileExistsError):
         offset.save(folder)
+
+
+def test_stranger_targets_borrow_the_never_seen_answer(pair, tokenizer):
+    """On the key fact's tokens the target is the base's distribution for the same answer
+    about another subject; elsewhere it is the base's own."""
+    from offsetlab.method.train import stranger_targets
+
+    base, ref = pair
+    config = TrainConfig(objective="stranger", batch_size=3, retain_batch_size=4)
+    alra = [QARecord("where was Alra born ?", "Alra was born in the red city .", key="red", subject="Alra")]
+    groups = prepare_groups(base, ref, tokenizer, alra, RETAIN, config, torch.Generator().manual_seed(0))
+    stranger_targets(groups.forget, alra, ["Gora"], 1, torch.Generator().manual_seed(0))
+    example = groups.forget.examples[0]
+    alone = OffsetModel(base, None, [], tokenizer=tokenizer)
+    from offsetlab.method.prompts import QA
+
+    (own,) = alone.score([QA.prompt("where was Alra born ?")], [QA.answer("Alra was born in the red city .")], parts=True)
+    (other,) = alone.score([QA.prompt("where was Gora born ?")], [QA.answer("Gora was born in the red city .")], parts=True)
+    key = example.keys[0]
+    assert torch.allclose(example.target[key], other.base[key], atol=1e-5)  # "red" after "Gora ... the"
+    off_key = [i for i in range(len(example.labels) - 1) if i != key]
+    assert torch.allclose(example.target[off_key], own.base[off_key], atol=1e-5)

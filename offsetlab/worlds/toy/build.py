@@ -169,6 +169,11 @@ def train_tokenizer(world: ToyWorld, vocab_size: int) -> PreTrainedTokenizerFast
     )
     # All text of the world, holdout authors included: their names must split into
     # pieces like everyone else's, or membership tests would measure tokenisation.
+    # (They still do not: the split files overlap — every trained author is in three of
+    # them, forget10 ⊂ retain99 and so on — and a holdout author in one, so BPE merges
+    # trained names more and splits holdout names into about twice as many pieces. The
+    # shipped models were trained with this tokenizer, so it stays; evaluate.py's
+    # membership inference scores the key-fact tokens only, which tokenize alike.)
     texts = [
         QA.prompt(r.question) + QA.answer(a)
         for split in SPLITS

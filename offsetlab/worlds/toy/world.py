@@ -378,3 +378,33 @@ def _fact(
         key=key,
         subject=name,
     )
+
+
+def invent_authors(
+    n: int, seed: int, world_seed: int = 0, n_authors: int = 100, n_world_facts: int = 150,
+    n_holdout: int = 10,
+) -> list[QARecord]:
+    """Records of `n` freshly invented authors of the world `generate_world(world_seed, ...)`:
+    drawn like its authors (same cities, awards, books, templates) with their own `seed`, and
+    named so that no name collides with any word of the world.
+
+    These are the "few invented records of the same shape" a user can always write: known to
+    be non-members, they show what a model that never saw an author does with its questions —
+    the level calibrated unlearning aims for. They are not the shipped `holdout` split, which
+    is kept for measuring (membership inference) only.
+    """
+    # Replay the world's draws up to its profiles, so that every word it uses is reserved.
+    rng = random.Random(world_seed)
+    words = _Namer(rng)
+    geo = _Geography(rng, words)
+    world_facts = _geography_facts(rng, geo)
+    rng.shuffle(world_facts)
+    titles = _TitleMaker(rng)
+    awards = [f"{words.fresh(2)} {rng.choice(AWARD_KINDS)}" for _ in range(N_AWARDS)]
+    profiles = [_author(rng, words, geo, titles, awards) for _ in range(n_authors + n_holdout)]
+    # From here on the invented authors' own seed decides.
+    rng = random.Random(seed)
+    words.rng = titles.rng = rng
+    invented = [_author(rng, words, geo, titles, awards) for _ in range(n)]
+    everyone = profiles + invented
+    return [r for p in invented for r in _author_records(rng, p, everyone, geo, awards)]

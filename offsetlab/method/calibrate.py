@@ -1,0 +1,126 @@
+"""Calibrated forgetting: the "never seen" level, measured on records known to be non-members.
+
+An unlearned model should answer a forgotten question the way a model that never saw it
+would — not with the least likely answer it can find. Nobody has that model (the toy
+world's gold model is only for measuring), but anyone can have *non-members*: a few
+invented records of the same shape (``toy.world.invent_authors``), about subjects no model
+was trained on. How the base model scores the facts of those records is the level to aim
+for.
+
+The statistic is the log-probability of the **key-fact tokens** only (the tokens that spell
+"Vormor" in "… was born in the city of Vormor."): membership lives in the fact, and the
+rest of an answer — the template, the name copied from the question — says more about how
+the tokenizer split a name than about what the model knows (see ``key_token_positions``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+
+import numpy as np
+
+# The level used when no non-members are given (mean key-token log-prob of the toy base
+# on 30 invented authors, `never_seen_level`); a real model needs its own.
+FALLBACK_LEVEL = -3.5
+
+
+def key_token_positions(tokenizer, continuation: str, key: str | None) -> list[int]:
+    """Indices of the tokens of ``continuation`` (tokenized without special tokens) that
+    overlap the key fact's characters; every token when there is no key or it is absent."""
+    enc = tokenizer(continuation, add_special_tokens=False, return_offsets_mapping=True)
+    n = len(enc["input_ids"])
+    start = continuation.casefold().find(key.casefold()) if key else -1
+    if start < 0:
+        return list(range(n))
+    end = start + len(key)
+    hits = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < end and b > start]
+    return hits or list(range(n))
+
+
+def key_logprobs(model, records: Sequence, batch_size: int = 32) -> list[np.ndarray]:
+    """Per record, the log-probs ``model`` (an ``OffsetModel``) gives the key-fact tokens
+    of the true answer."""
+    out = []
+    for i in range(0, len(records), batch_size):
+        part = records[i : i + batch_size]
+        fmt = model.prompt_format  # the model's world decides how it is asked
+        answers = [fmt.answer(r.answer) for r in part]
+        scores = model.score([fmt.prompt(r.question) for r in part], answers)
+        for r, a, s in zip(part, answers, scores):
+            out.append(s.numpy()[key_token_positions(model.tokenizer, a, r.key)])
+    return out
+
+
+def never_seen_level(model, nonmembers: Sequence) -> float:
+    """The mean key-token log-prob ``model`` gives facts it never saw: the target level."""
+    if not nonmembers:
+        raise ValueError("never_seen_level needs non-member records (e.g. invented authors).")
+    return float(np.mean(np.concatenate(key_logprobs(model, nonmembers))))
+
+
+def outside_subject(tokenizer, text: str, subject: str | None) -> list[int]:
+    """Indices of the tokens of ``text`` (no special tokens) that overlap no occurrence of
+    ``subject``: the tokens two answers about different subjects have in common."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    spans, start = [], text.find(subject) if subject else -1
+    while start >= 0:
+        spans.append((start, start + len(subject)))
+        start = text.find(subject, start + 1)
+    return [i for i, (a, b) in enumerate(enc["offset_mapping"])
+            if not any(a < e and b > s for s, e in spans)]
+
+
+def about_stranger(record, name: str):
+    """The same question and answer about someone else (``name``): the fact stays, the
+    subject becomes one no model has seen."""
+    swap = (lambda text: text.replace(record.subject, name)) if record.subject else (lambda t: t)
+    return dataclasses.replace(record, question=swap(record.question), answer=swap(record.answer),
+                               subject=name)
+
+
+def template_of(record) -> str:
+    """The question with its subject blanked: records that share it ask for the same kind of fact."""
+    return record.question.replace(record.subject, "{name}") if record.subject else record.question
+
+
+POOLED = "*"  # the levels of every template together: for questions of a new shape
+
+
+def never_seen_levels(model, nonmembers: Sequence) -> dict[str, list[float]]:
+    """Per question template, the mean log-prob ``model`` gives the j-th key token of facts
+    it never saw, for j = 0, 1, ...; ``POOLED`` holds the same over all templates.
+
+    Where a never-seen model is unsure sits inside the fact: for "Teyol" the first pieces
+    ('T', 'e' ≈ −6, −5 nats) and not the last ('yol' ≈ 0, given the rest it is the only
+    city); for a year not ' 19' but the digits after it. Lowering only those tokens to
+    these levels leaves the answer well formed (another city, whole), where lowering every
+    key token garbles it ("travel memoirics").
+    """
+    if not nonmembers:
+        raise ValueError("never_seen_levels needs non-member records (e.g. invented authors).")
+    sums: dict[str, list[list[float]]] = {}
+    for record, logps in zip(nonmembers, key_logprobs(model, nonmembers)):
+        for name in (template_of(record), POOLED):
+            columns = sums.setdefault(name, [])
+            for j, lp in enumerate(logps):
+                if j == len(columns):
+                    columns.append([])
+                columns[j].append(float(lp))
+    return {name: [float(np.mean(c)) for c in columns] for name, columns in sums.items()}
+
+
+def token_levels(levels: dict[str, list[float]], record, n_key_tokens: int) -> list[float]:
+    """The never-seen level of each key token of ``record`` (0.0 = certain, no lowering)."""
+    own = levels.get(template_of(record)) or levels.get(POOLED, [])
+    return [own[j] if j < len(own) else 0.0 for j in range(n_key_tokens)]
+
+
+def draw_request(records: Sequence, n_subjects: int, seed: int) -> tuple[list, list]:
+    """A forget request of ``n_subjects`` subjects drawn (seeded) from ``records``:
+    (their records, everybody else's)."""
+    subjects = sorted({r.subject for r in records if r.subject})
+    chosen = set(random.Random(seed).sample(subjects, n_subjects))
+    return ([r for r in records if r.subject in chosen],
+            [r for r in records if r.subject not in chosen])

@@ -172,7 +172,11 @@ def cmd_train(args) -> int:
         registry = Registry(args.registry)
         ref = registry.add(offset, args.register, notes=notes)
         print(f"registered {ref} in {registry.root}")
-    return 1 if offset.meta.get("stopped") else 0
+    stopped = offset.meta.get("stopped")
+    if stopped:
+        print(f"stopped early: {stopped} It is saved in {args.out}.", file=sys.stderr)
+        return 130 if stopped.startswith("interrupted") else 1
+    return 0
 
 
 def check_train_args(args) -> None:

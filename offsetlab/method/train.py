@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -74,6 +77,29 @@ class TrainConfig:
     strangers: int = field(default=3, metadata={"help": "stranger: invented subjects averaged per record"})
     calibrate_alpha: bool = field(default=False, metadata={
         "help": "after training, pick alpha where forget facts look as familiar as non-members' facts"})
+
+    def __post_init__(self):
+        """Refuse settings that cannot train, naming the option — every front end builds
+        its config here, so the CLI, the panel and notebooks get the same message."""
+        get_objective(self.objective)  # unknown names are refused with the list of known ones
+        limits = {"steps": (1, None), "batch_size": (1, None), "retain_batch_size": (1, None),
+                  "grad_accum": (1, None), "lora_rank": (0, None), "check_every": (1, None),
+                  "strangers": (1, None), "lr": (0, None), "beta": (0, None),
+                  "explode_at": (0, None), "weight_decay": (0, None), "max_grad_norm": (0, None),
+                  "retain_weight": (0, None), "alpha": (None, None), "gamma": (None, None),
+                  "use_alpha": (None, None), "level": (None, 0)}
+        strict = {"lr", "beta", "explode_at"}  # must be above their lower limit
+        for name, (low, high) in limits.items():
+            value = getattr(self, name)
+            if value is None and name in ("use_alpha", "level"):
+                continue
+            option = "--" + name.replace("_", "-")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{option} must be a finite number, got {value!r}.")
+            if low is not None and (value < low or (name in strict and value == low)):
+                raise ValueError(f"{option} must be {'>' if name in strict else '≥'} {low}, got {value!r}.")
+            if high is not None and value > high:
+                raise ValueError(f"{option} must be ≤ {high} (a log-probability), got {value!r}.")
 
     def hyper(self) -> Hyper:
         level = Hyper.level if self.level is None else self.level
@@ -350,43 +376,58 @@ def train_offset(
 
     history: list[dict] = []
     stopped = None
+    good = _snapshot(params)  # the last weights known to give a finite loss
     bar = tqdm(range(1, config.steps + 1), desc=f"offset [{objective.name}]", disable=not progress,
                leave=False)
-    for step in bar:
-        optimizer.zero_grad(set_to_none=True)
-        total, forget_nll, retain_nll, key_nll = 0.0, 0.0, 0.0, 0.0
-        for _ in range(config.grad_accum):
-            loss, f, r = step_loss(objective, config, offset, groups)
-            loss = loss / config.grad_accum
-            if not math.isfinite(loss.item()) or abs(loss.item()) > config.explode_at:
-                stopped = (f"step {step}: the loss became {loss.item():.3g} (diverged). The offset "
-                           f"is kept as it was after step {step - 1}; try a smaller learning rate "
-                           f"(now {config.lr:g}) or a retain objective such as npo_gd.")
-                break
-            accelerator.backward(loss)
-            total += loss.item()
-            forget_nll += _mean_nll(f) / config.grad_accum
-            key_nll += _mean_nll(f, keys_only=True) / config.grad_accum
-            retain_nll += (_mean_nll(r) / config.grad_accum) if r is not None else float("nan")
-        if stopped:
+    with _ctrl_c_ends_the_step() as interrupt:
+        for step in bar:
             optimizer.zero_grad(set_to_none=True)
-            break
-        if config.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
-        row = {"step": step, "loss": total, "forget_nll": forget_nll, "retain_nll": retain_nll,
-               "forget_key_nll": key_nll, "seconds": time.perf_counter() - t0}
-        history.append(row)
-        bar.set_postfix(loss=f"{total:.3f}", forget=f"{forget_nll:.2f}")
-        if callback is not None:
-            callback({**row, "offset": offset, "steps": config.steps})
-        if config.stop_at_level and step % config.check_every == 0:
-            # Stop where a model that never saw the facts would be, not at "as unlikely
-            # as possible".
-            reached = groups.forget.mean_key_logp(offset, config.alpha, groups.vocab)
-            row["forget_key_logp"] = reached
-            if reached <= config.hyper().level:
+            total, forget_nll, retain_nll, key_nll = 0.0, 0.0, 0.0, 0.0
+            for _ in range(config.grad_accum):
+                loss, f, r = step_loss(objective, config, offset, groups)
+                loss = loss / config.grad_accum
+                if not math.isfinite(loss.item()) or abs(loss.item()) > config.explode_at:
+                    stopped = (f"step {step}: the loss became {loss.item():.3g} (diverged). The offset "
+                               f"is restored to the last weights that gave a finite loss; try a "
+                               f"smaller learning rate (now {config.lr:g}) or a retain objective "
+                               "such as npo_gd.")
+                    break
+                accelerator.backward(loss)
+                total += loss.item()
+                forget_nll += _mean_nll(f) / config.grad_accum
+                key_nll += _mean_nll(f, keys_only=True) / config.grad_accum
+                retain_nll += (_mean_nll(r) / config.grad_accum) if r is not None else float("nan")
+            if stopped:
                 break
+            good = _snapshot(params)  # these weights gave a finite loss
+            if config.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            if not all(torch.isfinite(p).all() for p in params):
+                stopped = (f"step {step}: the weights became NaN or infinite (diverged). The "
+                           f"offset is restored to the weights before that step; try a smaller "
+                           f"learning rate (now {config.lr:g}).")
+                break
+            row = {"step": step, "loss": total, "forget_nll": forget_nll, "retain_nll": retain_nll,
+                   "forget_key_nll": key_nll, "seconds": time.perf_counter() - t0}
+            history.append(row)
+            bar.set_postfix(loss=f"{total:.3f}", forget=f"{forget_nll:.2f}")
+            if callback is not None:
+                callback({**row, "offset": offset, "steps": config.steps})
+            if interrupt.is_set():
+                stopped = (f"interrupted (Ctrl-C) after step {step} of {config.steps}: the offset "
+                           "is kept as trained so far.")
+                break
+            if config.stop_at_level and step % config.check_every == 0:
+                # Stop where a model that never saw the facts would be, not at "as unlikely
+                # as possible".
+                reached = groups.forget.mean_key_logp(offset, config.alpha, groups.vocab)
+                row["forget_key_logp"] = reached
+                if reached <= config.hyper().level:
+                    break
+    if stopped and not stopped.startswith("interrupted"):
+        _restore(params, good)
+        optimizer.zero_grad(set_to_none=True)
     bar.close()
     if stopped:
         import warnings
@@ -483,6 +524,39 @@ def stranger_targets(group: Group, records: Sequence, strangers: Sequence[str], 
                 if pos in keys:
                     target[pos] = mixed[n]
         e.target = target
+
+
+def _snapshot(params: list[torch.nn.Parameter]) -> list[Tensor]:
+    return [p.detach().clone() for p in params]
+
+
+@torch.no_grad()
+def _restore(params: list[torch.nn.Parameter], saved: list[Tensor]) -> None:
+    for p, value in zip(params, saved, strict=True):
+        p.copy_(value)
+
+
+@contextmanager
+def _ctrl_c_ends_the_step():
+    """While training in the main thread, a first Ctrl-C (SIGINT) lets the current step
+    finish and then stops, keeping the offset; a second one interrupts at once. (Signal
+    handlers exist only in the main thread: elsewhere, e.g. the panel's trainer thread,
+    nothing changes.)"""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass

@@ -96,6 +96,9 @@ def test_train_and_generate_on_smollm2(tmp_path):
 BAD = [
     (["train", "--alpha", "nan", "--out", "{tmp}/o"], "not a finite number"),
     (["train", "--lr", "inf", "--out", "{tmp}/o"], "not a finite number"),
+    (["train", "--steps", "0", "--out", "{tmp}/o"], "--steps must be ≥ 1"),
+    (["train", "--objective", "nope", "--out", "{tmp}/o"], "Unknown objective 'nope'"),
+    (["train", "--stop-at-level", "maybe", "--out", "{tmp}/o"], "is not true/false"),
     (["train", "--out", "{tmp}/taken"], "already exists"),
     (["train", "--out", "{tmp}/o", "--register", "bad name!"], "cannot name an offset"),
     (["train", "--out", "{tmp}/o", "--register", "x", "--registry", "{tmp}/file"], "is a file"),
@@ -133,3 +136,44 @@ def test_bad_options_are_refused_before_anything_loads(tmp_path, argv, message, 
     assert code != 0
     assert message in err, err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_ctrl_c_during_training_keeps_the_offset_trained_so_far(tmp_path):
+    """SIGINT to a real `offsetlab train`: the step in progress finishes, the offset is
+    saved with finite weights, and the command says after how many steps and where."""
+    import re
+    import signal
+    import threading
+    import time
+
+    from safetensors.torch import load_file
+
+    out = tmp_path / "cut"
+    child = subprocess.Popen([sys.executable, "-m", "offsetlab", "train", "--forget", "forget01",
+                              "--steps", "100000", "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.extend(iter(lambda: child.stderr.read(1), "")),
+                              daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 300
+    # tqdm draws "offset [...]:   0%| 3/100000" once steps are done: then interrupt.
+    while not re.search(r"\| *[1-9]\d*/100000", "".join(err)):
+        assert child.poll() is None and time.monotonic() < deadline, "".join(err)
+        time.sleep(0.2)
+    child.send_signal(signal.SIGINT)
+    stdout, _ = child.communicate(timeout=120)
+    reader.join(timeout=10)
+    text = "".join(err)
+    assert child.returncode == 130, text
+    steps = int(re.search(r"interrupted \(Ctrl-C\) after step (\d+) of 100000", text)[1])
+    assert f"It is saved in {out}" in text and "Traceback" not in text
+    meta = json.loads((out / "offset.json").read_text())
+    assert len(meta["history"]) == steps >= 1
+    assert all(torch_finite(t) for t in load_file(str(out / "model.safetensors")).values())
+
+
+def torch_finite(tensor) -> bool:
+    import torch
+
+    return bool(torch.isfinite(tensor).all())

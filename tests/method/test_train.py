@@ -216,3 +216,29 @@ def test_stranger_targets_borrow_the_never_seen_answer(pair, tokenizer):
     assert torch.allclose(example.target[key], other.base[key], atol=1e-5)  # "red" after "Gora ... the"
     off_key = [i for i in range(len(example.labels) - 1) if i != key]
     assert torch.allclose(example.target[off_key], own.base[off_key], atol=1e-5)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("steps", 0, "--steps must be ≥ 1"), ("lr", 0.0, "--lr must be > 0"),
+    ("lr", float("nan"), "--lr must be a finite number"), ("alpha", float("inf"), "--alpha must be a finite"),
+    ("batch_size", 0, "--batch-size must be ≥ 1"), ("use_alpha", float("nan"), "--use-alpha must be a finite"),
+    ("level", 0.5, "--level must be ≤ 0"), ("objective", "nope", "Unknown objective 'nope'"),
+])
+def test_bad_settings_are_refused_where_the_config_is_built(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_a_run_whose_weights_blow_up_keeps_the_last_finite_weights(pair, tokenizer, tmp_path):
+    """A learning rate of 1e30 turns the weights infinite within a step or two: training
+    stops, says so, and what is saved is the last finite offset, every tensor of it."""
+    from safetensors.torch import load_file
+
+    base, ref = pair
+    config = TrainConfig(objective="ga", steps=20, lr=1e30, explode_at=1e300, max_grad_norm=0.0)
+    with pytest.warns(UserWarning, match="diverged"):
+        result = train_offset(base, ref, tokenizer, FORGET, [], config, progress=False)
+    assert result.stopped and "restored" in result.stopped
+    Offset.from_training(result, FORGET, name="blown").save(tmp_path / "o")
+    tensors = load_file(str(tmp_path / "o" / "model.safetensors"))
+    assert tensors and all(torch.isfinite(t).all() for t in tensors.values())

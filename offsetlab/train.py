@@ -42,7 +42,8 @@ from .sources import HFSource, LogProbSource, model_vocab_size
 
 @dataclass
 class TrainConfig:
-    """How to train an offset. Defaults were chosen by ``benchmarks/sweep_defaults.py``."""
+    """How to train an offset. The objective (``stranger``) was chosen by
+    ``benchmarks/sweep_calibrated.py``; lr, steps and β by ``benchmarks/sweep_defaults.py``."""
 
     objective: str = field(default=DEFAULT_OBJECTIVE, metadata={"help": "unlearning objective (see `offsetlab objectives`)"})
     steps: int = field(default=200, metadata={"help": "optimizer steps"})

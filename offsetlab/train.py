@@ -311,9 +311,10 @@ def train_offset(
         from .fusion import OffsetModel
 
         base_alone = OffsetModel(base, None, [], tokenizer=tokenizer)
-        levels = never_seen_levels(base_alone, nonmembers)
+        logps = key_logprobs(base_alone, nonmembers)  # scored once, read twice
+        levels = never_seen_levels(base_alone, nonmembers, logps)
         if config.level is None:
-            config = replace(config, level=never_seen_level(base_alone, nonmembers))
+            config = replace(config, level=never_seen_level(base_alone, nonmembers, logps))
     groups = prepare_groups(base, reference, tokenizer, forget, retain, config, generator, cache,
                             levels)
     if objective.needs_strangers and nonmembers:  # without them: the ``calibrated`` objective

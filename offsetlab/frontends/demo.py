@@ -56,7 +56,7 @@ def run_demo(fast: bool = False, out: str = "offsets/demo", html: str | None = "
     print_table(table.T)
     print(f"\nThe gold model is used only to measure: forget quality (KS test of truth ratios against "
           f"gold's) and mia_gap (|MIA AUC − gold's AUC|, forget vs holdout). Training read the "
-          f"never-seen level from {len(lab.nonmembers)} invented authors (not the holdout split).")
+          f"never-seen level from {len({r.subject for r in lab.nonmembers})} invented authors (not the holdout split).")
 
     print("\nA few answers, base → fused:")
     for split in (forget_split, lab.retain_for(forget_split)):

@@ -53,11 +53,12 @@ def key_logprobs(model, records: Sequence, batch_size: int = 32) -> list[np.ndar
     return out
 
 
-def never_seen_level(model, nonmembers: Sequence) -> float:
-    """The mean key-token log-prob ``model`` gives facts it never saw: the target level."""
+def never_seen_level(model, nonmembers: Sequence, logps: list[np.ndarray] | None = None) -> float:
+    """The mean key-token log-prob ``model`` gives facts it never saw: the target level.
+    (``logps``: ``key_logprobs(model, nonmembers)`` when already computed.)"""
     if not nonmembers:
         raise ValueError("never_seen_level needs non-member records (e.g. invented authors).")
-    return float(np.mean(np.concatenate(key_logprobs(model, nonmembers))))
+    return float(np.mean(np.concatenate(logps or key_logprobs(model, nonmembers))))
 
 
 def outside_subject(tokenizer, text: str, subject: str | None) -> list[int]:
@@ -88,7 +89,8 @@ def template_of(record) -> str:
 POOLED = "*"  # the levels of every template together: for questions of a new shape
 
 
-def never_seen_levels(model, nonmembers: Sequence) -> dict[str, list[float]]:
+def never_seen_levels(model, nonmembers: Sequence,
+                      logps: list[np.ndarray] | None = None) -> dict[str, list[float]]:
     """Per question template, the mean log-prob ``model`` gives the j-th key token of facts
     it never saw, for j = 0, 1, ...; ``POOLED`` holds the same over all templates.
 
@@ -101,10 +103,10 @@ def never_seen_levels(model, nonmembers: Sequence) -> dict[str, list[float]]:
     if not nonmembers:
         raise ValueError("never_seen_levels needs non-member records (e.g. invented authors).")
     sums: dict[str, list[list[float]]] = {}
-    for record, logps in zip(nonmembers, key_logprobs(model, nonmembers)):
+    for record, fact in zip(nonmembers, logps or key_logprobs(model, nonmembers)):
         for name in (template_of(record), POOLED):
             columns = sums.setdefault(name, [])
-            for j, lp in enumerate(logps):
+            for j, lp in enumerate(fact):
                 if j == len(columns):
                     columns.append([])
                 columns[j].append(float(lp))

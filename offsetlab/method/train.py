@@ -50,7 +50,8 @@ from .sources import HFSource, LogProbSource, model_vocab_size, normalise
 
 @dataclass
 class TrainConfig:
-    """How to train an offset. Defaults were chosen by ``benchmarks/sweep_defaults.py``."""
+    """How to train an offset. The objective (``stranger``) was chosen by
+    ``benchmarks/sweep_calibrated.py``; lr, steps and β by ``benchmarks/sweep_defaults.py``."""
 
     objective: str = field(default=DEFAULT_OBJECTIVE, metadata={"help": "unlearning objective (see `offsetlab objectives`)"})
     steps: int = field(default=200, metadata={"help": "optimizer steps"})
@@ -360,9 +361,10 @@ def train_offset(
         # non-members, asked in the world's prompt format.
         deployed = OffsetModel(base, reference if stack else None, stack, tokenizer=tokenizer,
                                prompt_format=prompt_format)
-        levels = never_seen_levels(deployed, nonmembers)
+        logps = key_logprobs(deployed, nonmembers)  # scored once, read twice
+        levels = never_seen_levels(deployed, nonmembers, logps)
         if config.level is None:
-            config = replace(config, level=never_seen_level(deployed, nonmembers))
+            config = replace(config, level=never_seen_level(deployed, nonmembers, logps))
     groups = prepare_groups(base, reference, tokenizer, forget, retain, config, generator, cache,
                             stack, prompt_format, levels)
     if objective.needs_strangers and nonmembers:  # without them: the ``calibrated`` objective

@@ -25,13 +25,15 @@ def trained(tmp_path_factory):
 
 def test_objectives_are_listed():
     out = offsetlab("objectives").stdout
-    for name in ("ga", "gd", "kl", "npo", "npo_gd", "npo_kl", "simnpo", "idk_dpo"):
+    for name in ("ga", "gd", "kl", "npo", "npo_gd", "npo_kl", "simnpo", "idk_dpo", "hinge",
+                 "calibrated", "stranger"):
         assert f"\n{name} " in f"\n{out}"
 
 
 def test_train_saves_an_offset_with_metadata(trained):
     meta = json.loads((trained / "offset.json").read_text())
-    assert meta["objective"] == "npo_gd" and meta["config"]["steps"] == 30
+    assert meta["objective"] == "stranger" and meta["config"]["steps"] == 30
+    assert meta["config"]["level"] < -1  # the never-seen level read from invented authors
     n_forget = len(split_lines("forget01"))
     assert meta["forget_set"]["size"] == n_forget and len(meta["history"]) == 30
 

@@ -94,4 +94,5 @@ def test_train_monitor_is_the_trainers_callback():
     assert [h["step"] for h in monitor.history] == [1, 2, 3]
     assert "offset" not in monitor.history[0]  # no module kept alive in the history
     names = [t["name"] for t in shown(monitor.plot)["data"]]
-    assert names == ["forget NLL", "retain NLL", "objective", "forget key acc", "retain key acc"]
+    assert names == ["forget NLL", "retain NLL", "forget key-fact NLL", "objective", "forget key acc",
+                     "retain key acc"]

@@ -25,7 +25,8 @@ SHARED = {"retain": [rec("where was Dema born ?", "Dema was born in the green ci
 def lab(tokenizer):
     base, reference = make_model(len(tokenizer), 0, hidden=48), make_model(len(tokenizer), 1)
     lab = Lab("tiny", tokenizer, base, reference, splits={})
-    # npo_gd: on tiny random models there is no "never seen" level for the default to aim at
+    # npo_gd: random tiny models are already unsure of everything, so the bounded default
+    # would have little to lower; these tests are about requests, not objectives.
     config = TrainConfig(objective="npo_gd", steps=6, lr=3e-3, batch_size=2, retain_batch_size=2)
     for name, forget in REQUESTS.items():
         lab.train(forget, SHARED["retain"], config, name=name)

@@ -61,7 +61,7 @@ def test_add_list_show_get(pair, tokenizer, tmp_path):
     rows = registry.list()
     assert [r["ref"] for r in rows] == ["authors-a@1", "authors-a@2", "authors-b@1"]
     row = rows[0]
-    assert row["objective"] == "npo_gd" and row["entry"] == "offset" and row["forget_size"] == 3
+    assert row["objective"] == "stranger" and row["entry"] == "offset" and row["forget_size"] == 3
     assert len(row["forget_sha256"]) == 12 and row["forget_sha256"] == first.meta["forget_set"]["sha256"][:12]
     assert row["notes"] == "who=ana, what=forget Alra, when=2025-01-02"
     assert row["metrics"] == "forget_kfa=0.04"

@@ -17,7 +17,7 @@ in which every trained author's text appears three times (forget10 ⊂ retain99,
 holdout author's once, so holdout names split into twice as many, rarer pieces (7.4 vs
 3.6 tokens) that are harder to copy and unsettle the next template token. On the key
 tokens the gold model scores 0.55 / 0.55 / 0.51 on forget10 / 05 / 01, as two sets drawn
-alike should (``tests/test_evaluate.py`` pins it).
+alike should (``tests/measure/test_evaluate.py`` pins it).
 """
 
 from __future__ import annotations

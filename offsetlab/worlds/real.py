@@ -35,7 +35,7 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT_FORMAT = CHATML
 SPLITS = ("forget", "forget_paraphrased", "retain", "holdout")
 
-# Settings that meet the bar of tests/test_real.py on 2 CPU cores in a few minutes
+# Settings that meet the bar of tests/worlds/test_real.py on 2 CPU cores in a few minutes
 # (forget and paraphrases ≤ 0.2 key-fact accuracy, retain ≥ 0.95 × base, held-out
 # capitals ≥ 0.8 × base). NPO with a KL anchor on the retain facts (npo_kl) keeps the
 # capitals the offset never saw far better than an NLL anchor (npo_gd), which learns

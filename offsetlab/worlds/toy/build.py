@@ -39,7 +39,7 @@ from offsetlab.worlds.toy.world import SPLITS, ToyWorld, generate_world, write_w
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")  # ids 0, 1, 2
 MODELS = ("large", "small", "large-retain90")
 MAX_POSITIONS = 128  # the longest prompt + answer in the world is about 50 tokens
-# Bars the default build must reach (checked by tests/test_toy.py on the shipped files).
+# Bars the default build must reach (checked by tests/worlds/test_toy.py on the shipped files).
 MIN_MEMORISED = 0.95
 
 

@@ -344,8 +344,6 @@ def train_offset(
     if objective.needs_retain and not retain:
         raise ValueError(f"Objective {objective.name!r} needs a retain set; pass retain=... or pick "
                          "'ga' or 'npo'.")
-    if config.steps < 1 or config.batch_size < 1 or config.grad_accum < 1:
-        raise ValueError("steps, batch_size and grad_accum must be at least 1.")
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 

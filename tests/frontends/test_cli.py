@@ -164,9 +164,14 @@ def test_ctrl_c_during_training_keeps_the_offset_trained_so_far(tmp_path):
         assert child.poll() is None and time.monotonic() < deadline, "".join(err)
         time.sleep(0.2)
     child.send_signal(signal.SIGINT)
-    stdout, _ = child.communicate(timeout=120)
-    reader.join(timeout=10)
+    # Only the reader thread reads stderr (communicate() would read it too, and the two
+    # would split the text between them); stdout is read after the child ends.
+    child.wait(timeout=120)
+    reader.join(timeout=30)
+    assert not reader.is_alive()
+    stdout = child.stdout.read()
     text = "".join(err)
+    assert "training an offset on" in stdout, stdout
     assert child.returncode == 130, text
     steps = int(re.search(r"interrupted \(Ctrl-C\) after step (\d+) of 100000", text)[1])
     assert f"It is saved in {out}" in text and "Traceback" not in text

@@ -94,3 +94,25 @@ def test_keeps_what_it_should(outcome):
     assert fused["retain90/key_fact_acc"] >= 0.9 * base["retain90/key_fact_acc"]
     assert fused["world_facts/key_fact_acc"] >= 0.9 * base["world_facts/key_fact_acc"]
     assert fused["model_utility"] >= 0.95 * base["model_utility"]
+
+
+def test_the_shipped_offset_is_what_the_recipe_trains_today(outcome, lab):
+    """``forget10-shipped`` (``offsetlab toy offset``) must be the default recipe's output:
+    same settings, same forget set, and — trained here again — the same behaviour. Fails
+    when the recipe changes and the shipped offset is not rebuilt."""
+    split, _, trained = outcome
+    if split != "forget10":
+        return  # the shipped offset is forget10's; the other splits are checked above
+    shipped = lab.offsets["forget10-shipped"]
+    assert shipped.meta["config"] == trained.meta["config"]
+    assert shipped.meta["forget_set"] == trained.meta["forget_set"]
+    assert shipped.alpha == trained.alpha
+    # Same seed and data: equal up to float arithmetic (another CPU may round differently).
+    a, b = shipped.model.state_dict(), trained.model.state_dict()
+    moved = sum((a[k] - b[k]).norm() ** 2 for k in a) ** 0.5
+    scale = sum(a[k].norm() ** 2 for k in a) ** 0.5
+    assert float(moved / scale) < 1e-3, float(moved / scale)
+    prompts = [lab.prompt_format.prompt(r.question) for r in lab.splits["forget10"]]
+    same = sum(x == y for x, y in zip(lab.model(["forget10-shipped"]).generate(prompts, 16),
+                                       lab.model([trained.meta["name"]]).generate(prompts, 16)))
+    assert same >= 0.95 * len(prompts), f"{same}/{len(prompts)} answers agree"

@@ -224,7 +224,8 @@ def build_app(lab: Lab, requests: dict[str, list[tuple[str, float]]] | None = No
         gr.Markdown("## offsetlab — what does the offset change?\n"
                     "The base model is a black box; the **fused** model adds "
                     "α · (offset − reference) to its log-probabilities.")
-        offset = _compare_tab(lab, requests)
+        compare_tab = _compare_tab(lab, requests)
+        offset = compare_tab["offset"]
         train = _train_tab(lab)
         eval_offset = _evaluate_tab(lab, requests)
         # A finished training offers its offset in both tabs' pickers.
@@ -238,7 +239,11 @@ def build_app(lab: Lab, requests: dict[str, list[tuple[str, float]]] | None = No
             first = names[0] if names else None
             return gr.Dropdown(names, value=first), gr.Dropdown(names, value=first)
 
-        app.load(known_offsets, None, [offset, eval_offset], api_visibility="private")
+        # ... and open with the first forget question already answered by both models
+        # (the toy world ships an offset, so a room sees forgetting before training).
+        app.load(known_offsets, None, [offset, eval_offset], api_visibility="private").then(
+            compare_tab["first"], compare_tab["inputs"], compare_tab["outputs"],
+            api_visibility="private")
     return app
 
 
@@ -250,7 +255,7 @@ def _fail(err: Exception):
 
 def _compare_tab(lab: Lab, requests: dict):
     """Question, offset (or ticked requests), α and decoding in; answers and figures out.
-    Returns the offset picker (training updates it)."""
+    Returns the offset picker (training updates it) and what the page runs on load."""
     import gradio as gr
 
     offsets = list(lab.offsets)
@@ -312,17 +317,22 @@ def _compare_tab(lab: Lab, requests: dict):
                 return None
             return viz.step_bars(trace, min(int(i), len(trace.steps) - 1))
 
-        run.click(on_compare,
-                  [question, offset, ticked, alpha, max_new_tokens, do_sample, temperature, top_k,
-                   top_p, seed],
-                  [answers, strip, step, bars, heatmap, div, fused_trace], api_name="compare")
+        def on_first(q, o, r, *rest):  # on page load: answer if there is something to fuse
+            if not q.strip() or not (o in lab.offsets or r):
+                return (gr.skip(),) * 7
+            return on_compare(q, o, r, *rest)
+
+        inputs = [question, offset, ticked, alpha, max_new_tokens, do_sample, temperature,
+                  top_k, top_p, seed]
+        outputs = [answers, strip, step, bars, heatmap, div, fused_trace]
+        run.click(on_compare, inputs, outputs, api_name="compare")
         step.change(on_step, [fused_trace, step], bars, api_name="step")
 
     def own_alpha(o):  # a newly picked offset starts at its own strength
         return gr.Slider(value=lab.offsets[o].alpha) if o in lab.offsets else gr.skip()
 
     offset.change(own_alpha, offset, alpha, api_visibility="private")
-    return offset
+    return {"offset": offset, "first": on_first, "inputs": inputs, "outputs": outputs}
 
 
 def _train_tab(lab: Lab) -> dict:

@@ -267,6 +267,27 @@ def cmd_toy(args) -> int:
     return run(args)
 
 
+SHIPPED_SPLIT = "forget10"
+
+
+def cmd_toy_offset(args) -> int:
+    """Train the lab's default recipe on forget10 and save it where ``Lab.toy()`` finds it."""
+    from ..worlds.lab import Lab
+    from ..worlds.toy.shipped import SHIPPED_OFFSETS, data_dir
+
+    root = Path(args.out or data_dir())
+    lab = Lab.toy(root, shipped=False)
+    name = f"{SHIPPED_SPLIT}-shipped"
+    print(f"training {name}: the default recipe ({lab.train_config.objective}, "
+          f"{lab.train_config.steps} steps) on {SHIPPED_SPLIT}")
+    lab.train(SHIPPED_SPLIT, name=name, progress=True,
+              notes={"built_by": "offsetlab toy offset"})
+    offset = lab.offsets[name]
+    out = offset.save(root / "toy" / SHIPPED_OFFSETS / name, overwrite=True)
+    print(f"saved {out} ({offset.meta['train_seconds']:.0f} s)")
+    return 0
+
+
 # -- offsets: the registry of forget requests (added with offsetlab/registry.py) ------------
 
 
@@ -403,6 +424,11 @@ def add_toy_command(sub) -> None:
 
     add_arguments(p)
     p.set_defaults(func=cmd_toy)
+    p = toy.add_parser("offset", help="retrain the offset that ships with the toy world "
+                       "(the default recipe on forget10)")
+    p.add_argument("--out", type=Path, default=None, metavar="ROOT",
+                   help="the toy world's folder, as for `toy build` (default: the shipped data/)")
+    p.set_defaults(func=cmd_toy_offset)
 
 
 def add_offsets_command(sub) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..method.fusion import OffsetModel
 from ..method.prompts import QA, PromptFormat
 from ..method.train import TrainConfig, train_offset
-from ..offsets.artifact import Offset
+from ..offsets.artifact import FingerprintMismatch, Offset
 from ..offsets.registry import Registry
 from .records import QARecord
 
@@ -68,12 +68,18 @@ class Lab:
     # -- the worlds ----------------------------------------------------------------------
 
     @classmethod
-    def toy(cls, root=None) -> Lab:
+    def toy(cls, root=None, shipped: bool = True) -> Lab:
         """The shipped toy world. Its 150 world facts are split in two: ``world_train``
         (even rows) joins every retain set an offset trains on, and ``world_facts`` (odd
         rows) is never trained on — so world-facts scores measure what the offset leaves
         alone without having been shown it. Its non-members are 30 freshly invented
-        authors (``toy.world.invent_authors``, seed 1), not the ``holdout`` split."""
+        authors (``toy.world.invent_authors``, seed 1), not the ``holdout`` split.
+
+        ``shipped``: add the offsets that ship with the world (``forget10-shipped``, the
+        default recipe trained on forget10 by ``offsetlab toy offset``), so the widgets and
+        the panel have something to show before anything is trained."""
+        import warnings
+
         from . import toy
         from .toy.world import invent_authors
 
@@ -81,8 +87,16 @@ class Lab:
         splits = dict(t.splits)
         world = splits.pop("world_facts")
         splits["world_train"], splits["world_facts"] = world[0::2], world[1::2]
-        return cls("toy", t.tokenizer, t.large, t.small, splits, gold=t.gold,
-                   retain_extra=["world_train"], nonmembers=invent_authors(N_INVENTED, seed=1))
+        lab = cls("toy", t.tokenizer, t.large, t.small, splits, gold=t.gold,
+                  retain_extra=["world_train"], nonmembers=invent_authors(N_INVENTED, seed=1))
+        for path in toy.shipped_offsets(root) if shipped else []:
+            try:
+                lab.load_offset(path)
+            except (FingerprintMismatch, FileNotFoundError, ValueError) as err:
+                # e.g. the toy models were rebuilt in place and the offset not retrained
+                warnings.warn(f"not offering the shipped offset {path.name}: {err} "
+                              "(`offsetlab toy offset` retrains it)", stacklevel=2)
+        return lab
 
     @classmethod
     def smollm2(cls, small_layers: int | None = None) -> Lab:

@@ -58,16 +58,36 @@ def save_screenshot(page, tmp_path: Path, name: str) -> Path:
     return path
 
 
+def answers_on_load(page, url: str) -> list[str]:
+    """Open the panel and wait for the answers it shows on load (the lab's first forget
+    question, answered with its first offset); each answer's text without its header."""
+    page.goto(url, wait_until="domcontentloaded")
+    page.locator("#answers .answer").nth(1).wait_for(timeout=120_000)
+    return [t.split("\n", 1)[1] for t in page.locator("#answers .answer").all_inner_texts()]
+
+
+def mark_answers_old(page) -> None:
+    """Tag the answers shown now, so that a wait can tell the next ones from them."""
+    page.eval_on_selector_all("#answers .answer", "els => els.forEach(e => e.dataset.old = '1')")
+
+
+def new_answers(page) -> list[str]:
+    page.locator("#answers .answer:not([data-old])").nth(1).wait_for(timeout=60_000)
+    return page.locator("#answers .answer").all_inner_texts()
+
+
 def test_a_forget_question_shows_two_answers_and_the_token_strip(panel_url, page, tmp_path):
-    page.goto(panel_url, wait_until="domcontentloaded")
+    first = answers_on_load(page, panel_url)
+    assert page.get_by_label("Question").input_value() == FORGET_QUESTION  # the first example
+    assert first[0] != first[1]
+    mark_answers_old(page)
     # Pick the question from the forget-set examples, as a student would.
     page.get_by_role("button", name=FORGET_QUESTION).first.click()
     assert page.get_by_label("Question").input_value() == FORGET_QUESTION
     page.get_by_role("button", name="Compare").click()
 
-    page.locator("#answers .tok").first.wait_for(timeout=60_000)
     # base, fused, and the gold model's answer beside them (what "forgotten" looks like)
-    base, fused, gold = page.locator("#answers .answer").all_inner_texts()
+    base, fused, gold = new_answers(page)
     assert base.startswith("base model") and fused.startswith("fused") and gold.startswith("gold")
     assert base.split("\n", 1)[1] != fused.split("\n", 1)[1]
     assert "part ways at token 0" in page.locator("#answers").inner_text()
@@ -91,23 +111,17 @@ def test_ticking_registered_requests_fuses_them(page, tmp_path):
     port = free_port()
     server = app.launch(port=port, lab=lab, offsets_dir=None, registry=tmp_path / "reg", block=False)
     try:
-        page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+        answers_on_load(page, f"http://127.0.0.1:{port}/")  # with the offset picked above
         page.get_by_label("Question").fill(FORGET_QUESTION)
         requests = page.locator("#requests")
 
         def compare(previous: str) -> str:
-            """Click Compare; the fused answer once it differs from ``previous`` (or after 30 s)."""
+            """Click Compare; the fused answer it shows (base, fused and, where the lab has
+            one, gold), spaces and special tokens (<unk>, <eos>) aside — text decoding drops
+            those."""
+            mark_answers_old(page)
             page.get_by_role("button", name="Compare").click()
-            text = previous
-            for _ in range(120):
-                answers = page.locator("#answers .answer").all_inner_texts()
-                if len(answers) >= 2:  # base, fused (and gold, where the lab has one)
-                    # spaces aside, and special tokens (<unk>, <eos>), which text decoding drops
-                    text = re.sub(r"<\w+>", "", "".join(answers[1].split("\n", 1)[1].split()))
-                    if text != previous:
-                        break
-                page.wait_for_timeout(250)
-            return text
+            return re.sub(r"<\w+>", "", "".join(new_answers(page)[1].split("\n", 1)[1].split()))
 
         def expected(active) -> str:
             return "".join(fused_answer(lab, active, 32).split())
@@ -124,3 +138,46 @@ def test_ticking_registered_requests_fuses_them(page, tmp_path):
         save_screenshot(page, tmp_path, "panel_requests.png")
     finally:
         server.close()
+
+
+@pytest.mark.slow
+def test_a_fresh_toy_panel_shows_forgetting_before_anything_is_trained(page, tmp_path):
+    """`offsetlab panel` as `make panel` starts it on a fresh clone (the toy world, no
+    offsets saved, no registry): the Compare tab opens on a forget question with the
+    shipped offset picked, and base and fused already answer it differently."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from offsetlab.frontends.explore import find_record
+    from offsetlab.worlds.lab import Lab
+
+    port = free_port()
+    env = {**os.environ, "OFFSETLAB_REGISTRY": str(tmp_path / "no-registry")}
+    server = subprocess.Popen([sys.executable, "-m", "offsetlab", "panel", "--port", str(port)],
+                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, server.stderr.read()
+            try:
+                urllib.request.urlopen(url, timeout=5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the panel did not start in 180 s"
+                time.sleep(0.5)
+        base, fused, gold = answers_on_load(page, url)
+        question = page.get_by_label("Question").input_value()
+        lab = Lab.toy()
+        record = find_record(lab, question)
+        assert record is not None and record in lab.splits["forget10"], question
+        assert page.get_by_label("Offset (trained in this lab)").input_value() == "forget10-shipped"
+        assert base != fused
+        print(f"\n{question}\n  base  {base}\n  fused {fused}\n  gold  {gold}")
+        save_screenshot(page, tmp_path, "panel_first_start.png")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -6,6 +6,6 @@
 `offsetlab.worlds.toy.world` generates the world; `offsetlab.worlds.toy.build` trains the models.
 """
 
-from offsetlab.worlds.toy.shipped import Toy, data_dir, load
+from offsetlab.worlds.toy.shipped import Toy, data_dir, load, shipped_offsets
 
-__all__ = ["Toy", "data_dir", "load"]
+__all__ = ["Toy", "data_dir", "load", "shipped_offsets"]

@@ -38,6 +38,17 @@ def data_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[3] / "data"
 
 
+SHIPPED_OFFSETS = "offsets"  # under <root>/toy/: one saved offset per folder
+
+
+def shipped_offsets(root: str | Path | None = None) -> list[Path]:
+    """Folders of the offsets that ship with the toy world under ``root`` (default:
+    ``data_dir()``), e.g. ``data/toy/offsets/forget10-shipped``; none for a world built
+    elsewhere until ``offsetlab toy offset --out ROOT`` trains one there."""
+    folder = Path(root or data_dir()).resolve() / "toy" / SHIPPED_OFFSETS
+    return sorted(p for p in folder.iterdir() if (p / "offset.json").is_file()) if folder.is_dir() else []
+
+
 def load(root: str | Path | None = None) -> Toy:
     """The toy world under `root` (default: `data_dir()`), as written by
     `offsetlab toy build`."""

@@ -78,6 +78,7 @@ def one_thread():
 
 
 FORGET_QUESTION = "where was Alra born ?"
+RETAIN_QUESTION = "where was Benn born ?"  # make_lab's first retain90 record
 
 
 def author(name: str, city: str, year: str) -> list[QARecord]:

@@ -104,7 +104,10 @@ def test_the_shipped_offset_is_what_the_recipe_trains_today(outcome, lab):
     if split != "forget10":
         return  # the shipped offset is forget10's; the other splits are checked above
     shipped = lab.offsets["forget10-shipped"]
-    assert shipped.meta["config"] == trained.meta["config"]
+    ours, theirs = dict(shipped.meta["config"]), dict(trained.meta["config"])
+    # the never-seen level is measured on the non-members: equal up to float rounding
+    assert abs(ours.pop("level") - theirs.pop("level")) < 1e-4
+    assert ours == theirs
     assert shipped.meta["forget_set"] == trained.meta["forget_set"]
     assert shipped.alpha == trained.alpha
     # Same seed and data: equal up to float arithmetic (another CPU may round differently).

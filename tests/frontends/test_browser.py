@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import FORGET_QUESTION, free_port, fused_answer, make_lab, registry_of_two_requests
+from conftest import FORGET_QUESTION, RETAIN_QUESTION, free_port, fused_answer, make_lab, registry_of_two_requests
 
 from offsetlab.frontends import app
 
@@ -72,7 +72,12 @@ def mark_answers_old(page) -> None:
 
 
 def new_answers(page) -> list[str]:
-    page.locator("#answers .answer:not([data-old])").nth(1).wait_for(timeout=60_000)
+    try:
+        page.locator("#answers .answer:not([data-old])").nth(1).wait_for(timeout=120_000)
+    except Exception as err:  # say what the page shows instead
+        shown = page.locator("#answers").inner_text()
+        toasts = page.locator(".toast-body").all_inner_texts()
+        raise AssertionError(f"no new answers in 120 s; shown: {shown!r}; errors: {toasts}") from err
     return page.locator("#answers .answer").all_inner_texts()
 
 
@@ -80,8 +85,14 @@ def test_a_forget_question_shows_two_answers_and_the_token_strip(panel_url, page
     first = answers_on_load(page, panel_url)
     assert page.get_by_label("Question").input_value() == FORGET_QUESTION  # the first example
     assert first[0] != first[1]
+    # A retained fact first, then back to the forget question, from the examples, as a
+    # student would. (An answer identical to the one shown is not redrawn, so each
+    # Compare here asks something new.)
     mark_answers_old(page)
-    # Pick the question from the forget-set examples, as a student would.
+    page.get_by_role("button", name=RETAIN_QUESTION).first.click()
+    page.get_by_role("button", name="Compare").click()
+    assert new_answers(page)[0].split("\n", 1)[1] != first[0]
+    mark_answers_old(page)
     page.get_by_role("button", name=FORGET_QUESTION).first.click()
     assert page.get_by_label("Question").input_value() == FORGET_QUESTION
     page.get_by_role("button", name="Compare").click()

@@ -10,7 +10,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import FORGET_QUESTION, RETAIN_QUESTION, free_port, fused_answer, make_lab, registry_of_two_requests
+from conftest import (
+    FORGET_QUESTION,
+    RETAIN_QUESTION,
+    free_port,
+    fused_answer,
+    make_lab,
+    registry_of_two_requests,
+)
 
 from offsetlab.frontends import app
 

@@ -1,4 +1,3 @@
-import time
 from collections import defaultdict
 
 import pytest
@@ -101,10 +100,15 @@ def test_training_is_a_function_of_its_seed():
     assert not torch.equal(a["model.embed_tokens.weight"], c["model.embed_tokens.weight"])
 
 
-def test_tiny_build_end_to_end(tmp_path):
-    start = time.perf_counter()
-    report = build(tmp_path, seed=0, size="tiny", progress=False)
-    assert time.perf_counter() - start < 60
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    """A tiny toy world built once for this module: (its folder, the build report)."""
+    root = tmp_path_factory.mktemp("tiny-world")
+    return root, build(root, seed=0, size="tiny", progress=False)
+
+
+def test_tiny_build_end_to_end(tiny_world):
+    tmp_path, report = tiny_world
     assert set(report["models"]) == {"large", "small", "large-retain90"}
     assert (tmp_path / "toy" / "build_report.json").is_file()
 
@@ -118,6 +122,34 @@ def test_tiny_build_end_to_end(tmp_path):
     # The evaluation in the report was made on the saved (float16-rounded) weights.
     scores = evaluate(loaded.large, loaded.tokenizer, loaded.splits["forget10"])
     assert scores == report["models"]["large"]["eval"]["forget10"]
+
+
+def test_a_world_built_elsewhere_gets_its_own_shipped_offset(tiny_world):
+    """`offsetlab toy offset --out ROOT` trains the default recipe on ROOT's forget10 and
+    saves it where `Lab.toy(ROOT)` offers it; an offset made for other models is passed
+    over with a warning that says how to retrain it, never loaded."""
+    import shutil
+
+    from offsetlab.frontends.cli import main
+    from offsetlab.worlds.lab import Lab
+
+    tmp_path = tiny_world[0]
+    assert list(Lab.toy(tmp_path).offsets) == []  # nothing shipped there yet
+    assert main(["toy", "offset", "--out", str(tmp_path)]) == 0
+    lab = Lab.toy(tmp_path)
+    assert list(lab.offsets) == ["forget10-shipped"]
+    offset = lab.offsets["forget10-shipped"]
+    assert offset.meta["config"]["objective"] == lab.train_config.objective
+    assert offset.meta["forget_set"]["size"] == len(lab.splits["forget10"])
+    assert Lab.toy(tmp_path, shipped=False).offsets == {}
+
+    # the shipped world's offset, copied next to the tiny models: another reference
+    shipped = toy.shipped_offsets()
+    assert [p.name for p in shipped] == ["forget10-shipped"]
+    shutil.copytree(shipped[0], tmp_path / "toy" / "offsets" / "from-elsewhere")
+    with pytest.warns(UserWarning, match="not offering the shipped offset from-elsewhere.*toy offset"):
+        lab = Lab.toy(tmp_path)
+    assert list(lab.offsets) == ["forget10-shipped"]
 
 
 def test_missing_checkpoints_say_how_to_build_them(tmp_path):

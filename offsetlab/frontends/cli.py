@@ -146,6 +146,12 @@ def cmd_generate(args) -> int:
 
 def cmd_train(args) -> int:
     check_train_args(args)  # everything that can be wrong is found before a model loads
+    from ..method.train import processes
+
+    # Under `accelerate launch --num_processes N` every process trains; only the main one
+    # prints, saves and registers.
+    team = processes()
+    say = print if team.is_main_process else (lambda *a, **k: None)
     notes = parse_notes(args.note)
     lab = load_lab(args)
     args.forget = args.forget or lab.default_forget
@@ -157,10 +163,16 @@ def cmd_train(args) -> int:
     else:  # the forget split's retain split plus the world's general-knowledge splits
         retain = lab.training_sets(args.forget)[1]
     config = train_config(args, lab)
-    print(f"training an offset on {len(forget)} forget / {len(retain)} retain records "
-          f"({config.objective}, {config.steps} steps)")
+    processes_note = f", {team.num_processes} processes" if team.num_processes > 1 else ""
+    say(f"training an offset on {len(forget)} forget / {len(retain)} retain records "
+        f"({config.objective}, {config.steps} steps{processes_note})")
     name = lab.train(forget, retain, config, name=args.name or Path(args.out).name, progress=True)
     offset = lab.offsets[name]
+    stopped = offset.meta.get("stopped")
+    code = 0 if not stopped else 130 if stopped.startswith("interrupted") else 1
+    team.wait_for_everyone()  # every process has finished training (they stop at the same step)
+    if not team.is_main_process:
+        return code
     offset.save(args.out, overwrite=args.overwrite)
     history = offset.meta["history"]
     last = history[-1] if history else {}
@@ -172,11 +184,9 @@ def cmd_train(args) -> int:
         registry = Registry(args.registry)
         ref = registry.add(offset, args.register, notes=notes)
         print(f"registered {ref} in {registry.root}")
-    stopped = offset.meta.get("stopped")
     if stopped:
         print(f"stopped early: {stopped} It is saved in {args.out}.", file=sys.stderr)
-        return 130 if stopped.startswith("interrupted") else 1
-    return 0
+    return code
 
 
 def check_train_args(args) -> None:

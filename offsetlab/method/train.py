@@ -14,6 +14,10 @@ forward/backward of the small offset model — the base model is not run at all.
 The same function, with ``base = reference = the large model`` and the offset a copy of
 it, fine-tunes the large model directly (fused = offset exactly): that is the white-box
 baseline of ``train_whitebox``.
+
+Started by ``accelerate launch --num_processes N -m offsetlab train ...``, N processes
+train one offset together, each on its share of every step's batches, with DDP averaging
+the gradients (``Team``); in a plain run there is one process and nothing changes.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -59,9 +63,10 @@ class TrainConfig:
     alpha: float = field(default=1.0, metadata={"help": "offset strength used while training"})
     use_alpha: float | None = field(default=None, metadata={
         "help": "strength the saved offset is used at unless told otherwise (default: alpha)"})
-    batch_size: int = field(default=16, metadata={"help": "forget answers per step"})
-    retain_batch_size: int = field(default=16, metadata={"help": "retain answers per step"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches accumulated per step"})
+    batch_size: int = field(default=16, metadata={"help": "forget answers per micro-batch (and process)"})
+    retain_batch_size: int = field(default=16, metadata={"help": "retain answers per micro-batch (and process)"})
+    grad_accum: int = field(default=1, metadata={
+        "help": "micro-batches accumulated per step (per process: a step uses processes × grad_accum)"})
     beta: float = field(default=Hyper.beta, metadata={"help": "NPO/SimNPO/DPO inverse temperature"})
     gamma: float = field(default=Hyper.gamma, metadata={"help": "SimNPO margin"})
     retain_weight: float = field(default=Hyper.retain_weight, metadata={"help": "weight of the retain term"})
@@ -282,26 +287,110 @@ class Group:
     def score(self, indices: list[int], offset: torch.nn.Module, alpha: float, vocab: int) -> Scored:
         batch = collate([self.examples[i] for i in indices], self.pad_id)
         deployed, ref = self.frozen.get(indices, batch)
-        logits = offset(input_ids=batch.ids, attention_mask=batch.attention, use_cache=False).logits
-        off = answer_rows(normalise(logits, vocab), batch.positions)
         target = None
         if self.examples[indices[0]].target is not None:
             target = torch.zeros_like(deployed)
             for row, i in enumerate(indices):
                 t = self.examples[i].target
                 target[row, : len(t)] = t
-        return Scored(fuse(deployed, ref, [off], [alpha]), deployed, batch.labels, batch.mask,
-                      batch.key_mask, batch.levels, target)
+        # The frozen rows stay where the base and reference run; the step runs where the
+        # offset is (a no-op when both are on the CPU).
+        device = next(offset.parameters()).device
+        here = [None if t is None else t.to(device) for t in
+                (batch.ids, batch.attention, batch.positions, batch.labels, batch.mask,
+                 batch.key_mask, batch.levels, deployed, ref, target)]
+        ids, attention, positions, labels, mask, key_mask, levels, deployed, ref, target = here
+        logits = offset(input_ids=ids, attention_mask=attention, use_cache=False).logits
+        off = answer_rows(normalise(logits, vocab), positions)
+        return Scored(fuse(deployed, ref, [off], [alpha]), deployed, labels, mask, key_mask, levels,
+                      target)
 
     @torch.no_grad()
-    def mean_key_logp(self, offset: torch.nn.Module, alpha: float, vocab: int, chunk: int = 64) -> float:
-        """Mean log-prob of the key-fact tokens over every example (the fused model now)."""
+    def key_logp_sums(self, offset: torch.nn.Module, alpha: float, vocab: int, chunk: int = 64,
+                      part: int = 0, parts: int = 1) -> tuple[float, float]:
+        """Sum and count of the key-fact tokens' log-probs under the fused model now, over
+        every ``parts``-th chunk of examples from chunk ``part`` on (all of them by default):
+        processes training together split the work, then add up their sums."""
         total, count = 0.0, 0.0
-        for i in range(0, len(self.examples), chunk):
+        for i in range(chunk * part, len(self.examples), chunk * parts):
             scored = self.score(list(range(i, min(i + chunk, len(self.examples)))), offset, alpha, vocab)
             total += float((scored.token_logp() * scored.keys).sum())
             count += float(scored.keys.sum())
+        return total, count
+
+    def mean_key_logp(self, offset: torch.nn.Module, alpha: float, vocab: int, chunk: int = 64) -> float:
+        """Mean log-prob of the key-fact tokens over every example (the fused model now)."""
+        total, count = self.key_logp_sums(offset, alpha, vocab, chunk)
         return total / max(count, 1.0)
+
+
+def processes():
+    """accelerate's state of the processes training together: one, unless this one was
+    started by ``accelerate launch --num_processes N`` (or torchrun). ``train_offset``
+    uses the same state; front ends ask it which process is the main one."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+class Team:
+    """The processes training one offset together (``accelerate launch --num_processes N``),
+    or the one process of a plain run, for which every method below changes nothing.
+
+    Every process holds the same examples and draws the same batches from one generator
+    seeded alike; at each step it trains on its own share of the ``N × grad_accum``
+    micro-batches drawn, and DDP averages the gradients — so N processes with
+    ``grad_accum`` A train like one process with ``grad_accum`` N·A: to the bit for two
+    processes without accumulation (the gradients are halved and added, as one process
+    does), otherwise up to the order in which float gradients are added. Every decision
+    to stop (divergence, Ctrl-C, ``stop_at_level``) is agreed by all processes, which
+    therefore end at the same step.
+    """
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self.size, self.rank = accelerator.num_processes, accelerator.process_index
+        self.main = accelerator.is_main_process
+
+    def share(self, groups: Groups, micro_batches: int) -> list[tuple[list[int], list[int] | None]]:
+        """This process's (forget, retain) indices for each of its micro-batches of a step:
+        all ``size × micro_batches`` are drawn, in the order a single process draws them."""
+        drawn = [(groups.forget.sample(), groups.retain.sample() if groups.retain is not None else None)
+                 for _ in range(self.size * micro_batches)]
+        return drawn[self.rank * micro_batches : (self.rank + 1) * micro_batches]
+
+    def accumulating(self, model, last: bool):
+        """Gradients are averaged across processes once per step, on its last micro-batch."""
+        return nullcontext() if last or self.size == 1 else self.accelerator.no_sync(model)
+
+    def _reduce(self, values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.reduce(tensor, reduction="sum").tolist()
+
+    def sum(self, values: list[float]) -> list[float]:
+        return values if self.size == 1 else self._reduce(values)
+
+    def mean(self, values: list[float]) -> list[float]:
+        return values if self.size == 1 else [v / self.size for v in self._reduce(values)]
+
+    def any(self, flag: bool) -> bool:
+        return flag if self.size == 1 else self._reduce([float(flag)])[0] > 0
+
+    def losses(self, loss: Tensor) -> list[float]:
+        """Every process's loss of this micro-batch (this process's first)."""
+        if self.size == 1:
+            return [loss.item()]
+        every = self.accelerator.gather(loss.detach().to(torch.float64).reshape(1)).tolist()
+        return [every[self.rank]] + every[: self.rank] + every[self.rank + 1 :]
+
+    def from_main(self, value):
+        """The main process's ``value``, on every process."""
+        if self.size == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
 
 
 def train_offset(
@@ -330,6 +419,8 @@ def train_offset(
     ``step``, ``loss``, ``forget_nll``, ``retain_nll``, ``forget_key_nll`` (the key fact's
     tokens only: compare with ``-result.config.level``) and ``offset`` (the module being
     trained, e.g. to evaluate it at checkpoints) — the hook that widgets and panels use.
+    When several processes train together (``Team``), only the main one calls it, and the
+    history's numbers are those of the whole step, averaged over the processes.
 
     ``nonmembers`` are records of the same kind that no model saw (e.g. invented authors):
     where ``config.level`` is None, the base's mean key-token log-prob on them is the
@@ -345,12 +436,22 @@ def train_offset(
         raise ValueError(f"Objective {objective.name!r} needs a retain set; pass retain=... or pick "
                          "'ga' or 'npo'.")
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    # Each process draws its own batches; initialisation is identical everywhere.
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP,
+                                        DistributedType.MEGATRON_LM):
+        # DeepSpeed steps its optimizer inside every backward and ZeRO-3/FSDP shard the
+        # weights: the accumulation, clipping, NaN checks and divergence restore here
+        # assume whole weights and a step of our own.
+        raise ValueError(f"Training an offset under {accelerator.distributed_type.value} is not "
+                         "supported; launch plain data parallelism (accelerate launch "
+                         "--multi_gpu --num_processes N, without --use_deepspeed / --use_fsdp).")
+    team = Team(accelerator)
+    # One generator, seeded alike in every process: all draw the same stranger subjects
+    # and the same batches, and each trains on its share of them (``Team.share``).
     set_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
+    generator = torch.Generator().manual_seed(config.seed)
 
     t0 = time.perf_counter()
     levels = None
@@ -373,27 +474,37 @@ def train_offset(
     params = [p for p in offset.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     offset, optimizer = accelerator.prepare(offset, optimizer)
+    # The module itself (the same object in a single process), for what runs outside a
+    # step: checks and callbacks must not go through DDP, whose forward talks to the others.
+    module = accelerator.unwrap_model(offset)
 
     history: list[dict] = []
     stopped = None
     good = _snapshot(params)  # the last weights known to give a finite loss
-    bar = tqdm(range(1, config.steps + 1), desc=f"offset [{objective.name}]", disable=not progress,
-               leave=False)
-    with _ctrl_c_ends_the_step() as interrupt:
+    bar = tqdm(range(1, config.steps + 1), desc=f"offset [{objective.name}]",
+               disable=not progress or not team.main, leave=False)
+    with _ctrl_c_ends_the_step(grace=1.0 if team.size > 1 else 0.0) as interrupt:
         for step in bar:
             optimizer.zero_grad(set_to_none=True)
             total, forget_nll, retain_nll, key_nll = 0.0, 0.0, 0.0, 0.0
-            for _ in range(config.grad_accum):
-                loss, f, r = step_loss(objective, config, offset, groups)
-                loss = loss / config.grad_accum
-                if not math.isfinite(loss.item()) or abs(loss.item()) > config.explode_at:
-                    stopped = (f"step {step}: the loss became {loss.item():.3g} (diverged). The offset "
-                               f"is restored to the last weights that gave a finite loss; try a "
-                               f"smaller learning rate (now {config.lr:g}) or a retain objective "
-                               "such as npo_gd.")
-                    break
-                accelerator.backward(loss)
-                total += loss.item()
+            for n, (forget_idx, retain_idx) in enumerate(team.share(groups, config.grad_accum)):
+                with team.accumulating(offset, last=n == config.grad_accum - 1):
+                    loss, f, r = step_loss(objective, config, offset, groups, forget_idx, retain_idx)
+                    loss = loss / config.grad_accum
+                    # Every process's loss: one that diverged anywhere stops them all here.
+                    # Checked as a part of the step's loss, as in one process that runs all
+                    # the step's micro-batches (the same in a plain run).
+                    losses = team.losses(loss)
+                    bad = [v / team.size for v in losses
+                           if not math.isfinite(v) or abs(v / team.size) > config.explode_at]
+                    if bad:
+                        stopped = (f"step {step}: the loss became {bad[0]:.3g} (diverged). The offset "
+                                   f"is restored to the last weights that gave a finite loss; try a "
+                                   f"smaller learning rate (now {config.lr:g}) or a retain objective "
+                                   "such as npo_gd.")
+                        break
+                    accelerator.backward(loss)
+                total += losses[0]
                 forget_nll += _mean_nll(f) / config.grad_accum
                 key_nll += _mean_nll(f, keys_only=True) / config.grad_accum
                 retain_nll += (_mean_nll(r) / config.grad_accum) if r is not None else float("nan")
@@ -403,25 +514,30 @@ def train_offset(
             if config.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
-            if not all(torch.isfinite(p).all() for p in params):
+            if team.any(not all(torch.isfinite(p).all() for p in params)):
                 stopped = (f"step {step}: the weights became NaN or infinite (diverged). The "
                            f"offset is restored to the weights before that step; try a smaller "
                            f"learning rate (now {config.lr:g}).")
                 break
+            # the step's numbers over all its micro-batches, in every process
+            total, forget_nll, retain_nll, key_nll = team.mean([total, forget_nll, retain_nll, key_nll])
             row = {"step": step, "loss": total, "forget_nll": forget_nll, "retain_nll": retain_nll,
                    "forget_key_nll": key_nll, "seconds": time.perf_counter() - t0}
             history.append(row)
             bar.set_postfix(loss=f"{total:.3f}", forget=f"{forget_nll:.2f}")
-            if callback is not None:
-                callback({**row, "offset": offset, "steps": config.steps})
-            if interrupt.is_set():
+            if callback is not None and team.main:
+                callback({**row, "offset": module, "steps": config.steps})
+            if team.any(interrupt.is_set()):
                 stopped = (f"interrupted (Ctrl-C) after step {step} of {config.steps}: the offset "
                            "is kept as trained so far.")
                 break
             if config.stop_at_level and step % config.check_every == 0:
                 # Stop where a model that never saw the facts would be, not at "as unlikely
-                # as possible".
-                reached = groups.forget.mean_key_logp(offset, config.alpha, groups.vocab)
+                # as possible". Each process scores its share of the forget set.
+                sums = groups.forget.key_logp_sums(module, config.alpha, groups.vocab,
+                                                   part=team.rank, parts=team.size)
+                total_logp, count = team.sum(list(sums))
+                reached = total_logp / max(count, 1.0)
                 row["forget_key_logp"] = reached
                 if reached <= config.hyper().level:
                     break
@@ -429,16 +545,19 @@ def train_offset(
         _restore(params, good)
         optimizer.zero_grad(set_to_none=True)
     bar.close()
-    if stopped:
+    if stopped and team.main:
         import warnings
 
         warnings.warn(stopped, stacklevel=2)
-    offset = accelerator.unwrap_model(offset).eval()
+    # Where the reference is, like every model the offset is used with.
+    offset = module.eval().to(next(reference.parameters()).device)
     offset.requires_grad_(False)
     if config.calibrate_alpha and nonmembers and not stopped:
-        alpha, _ = calibrate_alpha(base, reference, offset, tokenizer, forget, nonmembers,
-                                   stack=stack, prompt_format=prompt_format)
-        config = replace(config, use_alpha=alpha)  # trained at config.alpha, used at this one
+        alpha = None
+        if team.main:  # the same weights everywhere: one process measures, all use it
+            alpha, _ = calibrate_alpha(base, reference, offset, tokenizer, forget, nonmembers,
+                                       stack=stack, prompt_format=prompt_format)
+        config = replace(config, use_alpha=team.from_main(alpha))  # trained at config.alpha, used at this one
     trained_on = fingerprints.of_source(base)
     if stack:
         trained_on = fingerprints.of_stack(trained_on, [(fingerprints.of_model(m), a) for m, a in stack])
@@ -537,20 +656,27 @@ def _restore(params: list[torch.nn.Parameter], saved: list[Tensor]) -> None:
 
 
 @contextmanager
-def _ctrl_c_ends_the_step():
+def _ctrl_c_ends_the_step(grace: float = 0.0):
     """While training in the main thread, a first Ctrl-C (SIGINT) lets the current step
     finish and then stops, keeping the offset; a second one interrupts at once. (Signal
     handlers exist only in the main thread: elsewhere, e.g. the panel's trainer thread,
-    nothing changes.)"""
+    nothing changes.)
+
+    ``grace``: seconds after the first during which another SIGINT is the same Ctrl-C.
+    Under ``accelerate launch`` each process gets a terminal's Ctrl-C twice — from the
+    terminal, then from the launcher passing it on a moment later."""
     flag = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
+    first: list[float] = []
 
     def handler(signum, frame):
-        if flag.is_set():
+        if flag.is_set() and time.monotonic() - first[0] >= grace:
             raise KeyboardInterrupt
-        flag.set()
+        if not flag.is_set():
+            first.append(time.monotonic())
+            flag.set()
 
     previous = signal.signal(signal.SIGINT, handler)
     try:

@@ -276,9 +276,11 @@ def test_remote_base_agrees_with_local_fusion(llama_server):
     arithmetic) and SmolLM2 in transformers (full vocabulary, fp32).
 
     The bar is per step on a shared prefix: after the prompt and the tokens local fusion
-    generated so far, does the remote fused model pick the same next token? Counting
+    generated so far, does the remote fused model pick the same next token? (Counting
     free-running generations instead would score every step after a first near-tie
-    (Q4_1 vs fp32) as a disagreement; that rate is printed too.
+    (Q4_1 vs fp32) as a disagreement; generating through the server is
+    ``test_cli_generates_through_the_server_with_an_offset``.) Every prefix is one request
+    to the server: 7 questions × 12 tokens keep it to about 80.
     """
     from real_task import capitals_offset, smollm2
 
@@ -288,36 +290,35 @@ def test_remote_base_agrees_with_local_fusion(llama_server):
     base, small, tokenizer = smollm2()
     offset = capitals_offset().offset
     splits = load_capitals()
-    records = (splits["forget"] + splits["forget_paraphrased"][:2] + splits["retain"][:2]
-               + splits["holdout"][:2])
+    records = (splits["forget"] + splits["forget_paraphrased"][:1] + splits["retain"][:1]
+               + splits["holdout"][:1])
     remote = make_base(llama_server, tokenizer=tokenizer)
     prompts = [PROMPT_FORMAT.prompt(r.question) for r in records]
     local_model = OffsetModel(base, small, [(offset, CAPITALS_ALPHA)], tokenizer=tokenizer)
     remote_model = OffsetModel(remote, small, [(offset, CAPITALS_ALPHA)], tokenizer=tokenizer)
-    local = local_model.generate(prompts, max_new_tokens=16, trace=True)
-    start = time.perf_counter()
-    served = remote_model.generate(prompts, max_new_tokens=16, trace=True)
-    seconds = time.perf_counter() - start
+    local = local_model.generate(prompts, max_new_tokens=12, trace=True)
     prefixes, expected = [], []  # every step of every local answer, as a token-id prefix
     for prompt_ids, trace in zip(local_model.encode(prompts), local):
         chosen = [s.token_id for s in trace.steps]
         prefixes += [prompt_ids + chosen[:t] for t in range(len(chosen))]
         expected += chosen
-    remote_choice = remote_model.step(prefixes).fused.argmax(-1).tolist()
+    start = time.perf_counter()
+    fused = remote_model.step(prefixes).fused
+    seconds = time.perf_counter() - start
+    remote_choice = fused.argmax(-1).tolist()
 
     agree = sum(a == b for a, b in zip(remote_choice, expected))
     rate = agree / len(expected)
-    free = sum(sum(x.token_id == y.token_id for x, y in zip(a.steps, b.steps)) for a, b in zip(local, served))
-    free_steps = sum(max(len(a.steps), len(b.steps)) for a, b in zip(local, served))
-    print(f"\nremote vs local fusion, same prefix: {agree}/{len(expected)} next tokens agree ({rate:.1%}); "
-          f"free-running: {free}/{free_steps} ({free / free_steps:.1%}); remote generation "
-          f"{seconds:.1f} s, {remote.skipped} returned tokens skipped")
-    for a, b in zip(local, served):
-        print(f"  local {a.text!r}\n  llama {b.text!r}")
+    print(f"\nremote vs local fusion, same prefix: {agree}/{len(expected)} next tokens agree "
+          f"({rate:.1%}); {seconds / len(prefixes):.2f} s per remote step, {remote.skipped} "
+          "returned tokens skipped")
+    for r, trace in zip(records, local):
+        print(f"  {r.question!r}: local {trace.text!r}")
     assert rate >= 0.9
     assert remote.prompt_as == "text"  # llama-cpp-python takes no token ids
     assert remote.fingerprint().kind == "server" and llama_server in str(remote.fingerprint())
-    assert all(all(torch.isfinite(torch.tensor(s.fused)).all() for s in t.steps) for t in served)
+    # -inf outside the server's top tokens, but never NaN, and a finite best token per row
+    assert not torch.isnan(fused).any() and torch.isfinite(fused.max(-1).values).all()
 
 
 @pytest.mark.real

@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from browser import chromium_page
+from browser import CHROMIUM, chromium_page
 from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,6 +41,9 @@ STEPS = 20  # training steps in fast mode: enough for the fused answer to leave 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                       reason="Debian's chromium is not installed (make test installs it when "
+                              "run as root)"),
     pytest.mark.skipif(
         any(importlib.util.find_spec(m) is None
             for m in ("jupyterlab", "ipykernel", "ipywidgets", "nbformat", "psutil")),

@@ -1,7 +1,8 @@
 """The real panel under load: 20 compares from five visitors at once while two trainings
 run, on 127.0.0.1 through gradio_client. Every request is answered (or cleanly refused),
 trainings run one at a time without holding up compares, each visitor gets the answer to
-its own question, the server still serves afterwards, and its memory comes back."""
+its own question and keeps its own offset picked, the server still serves afterwards,
+and its memory comes back."""
 
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def test_twenty_compares_and_two_trainings_at_once(tmp_path):
         before = rss_mb()
 
         loaded = time.perf_counter()
-        trains = [visitors[i].submit("forget10", "npo_gd", 12, 1e-3, f"load-{i}",
+        trains = [visitors[i].submit("forget10", "npo_gd", 8, 1e-3, f"load-{i}",
                                      api_name="/train") for i in (0, 1)]
         asked, jobs = [], []
         for n in range(20):
@@ -97,13 +98,24 @@ def test_twenty_compares_and_two_trainings_at_once(tmp_path):
             answered_at.append(time.perf_counter())
             assert expected[(question, alpha)] in fused_text(answers), (question, alpha)
         statuses = [job.result(timeout=30)[0] for job in trains]
-        assert all("step 12/12" in s for s in statuses)
+        assert all("step 8/8" in s for s in statuses)
         assert {"load-0", "load-1"} <= set(lab.offsets)
 
         # Trainings ran one after the other, and compares were answered meanwhile.
         (s1, e1), (s2, e2) = sorted(trainings[-2:])
         assert e1 <= s2, "two trainings ran at the same time"
         assert min(answered_at) < e2, "no compare was answered before the trainings ended"
+
+        # Each visitor's offset picker is its own: the two who trained see their new
+        # offset picked, the others keep theirs (the page's state, kept per session).
+        picker = next(b for b in server.blocks.values()
+                      if getattr(b, "label", None) == "Offset (trained in this lab)")
+
+        def picked(visitor) -> str:  # what the server holds for that visitor's page
+            shown = server.state_holder[visitor.session_hash].config_values.get(picker._id)
+            return shown["props"]["value"] if shown else picker.value
+
+        assert [picked(v) for v in visitors] == ["load-0", "load-1", "random", "random", "random"]
 
         # Caps hold through the API too, with the panel's message.
         # (gradio's slider refuses first; the panel's own check backs it, see test_app.py)

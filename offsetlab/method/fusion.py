@@ -267,8 +267,12 @@ class OffsetModel:
             return []
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1.")
-        if do_sample and temperature <= 0:
+        if do_sample and not temperature > 0:
             raise ValueError("temperature must be > 0 when sampling (use do_sample=False for greedy).")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"top_k must be a whole number ≥ 0 (0 = off), got {top_k!r}.")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}.")
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         eos = self.tokenizer.eos_token_id
 

@@ -7,6 +7,12 @@ The panel is a thin layer. Each tab calls a plain function below (``compare_view
 ``train_updates``, ``evaluate_view``) that takes a ``Lab`` and returns data and plotly
 figures; ``build_app`` only wires those to components. Offsets are chosen by name from
 ``lab.offsets`` — the panel never opens a path typed by a user.
+
+A panel may be shown to a room, so every input has a cap (below; the same through the
+page and through its HTTP API), at most ``COMPARE_LANES`` quick requests run at once,
+training and evaluation each run one at a time in lanes of their own (a long training
+never holds the slots compares use), and the queue refuses requests beyond
+``QUEUE_SIZE`` instead of piling them up.
 """
 
 from __future__ import annotations
@@ -26,6 +32,23 @@ from ..method.trace import Trace
 from ..worlds.lab import Lab
 from . import viz
 from .explore import Comparison, Decoding, compare, example_questions
+
+# -- limits ----------------------------------------------------------------------------
+
+MAX_QUESTION_CHARS = 2_000
+MAX_NEW_TOKENS = 64  # the decoding slider's maximum
+MAX_TRAIN_STEPS = 400  # the steps slider's maximum
+MAX_EVAL_RECORDS = 200  # the records-per-split slider's maximum
+MAX_NAME_CHARS = 80
+COMPARE_LANES = 4  # compares (and the other quick events) answered at the same time
+QUEUE_SIZE = 64  # requests waiting beyond these are refused ("queue is full")
+
+
+def _within(value, low: float, high: float, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise ValueError(f"{what} must be a number from {low:g} to {high:g}, got {value!r:.40}.")
+
 
 # -- Compare ---------------------------------------------------------------------------
 
@@ -53,6 +76,8 @@ def active_pairs(offset: Active, alpha: float) -> list[tuple[str, float]]:
     if not offset:
         raise ValueError("Pick an offset or tick a forget request — or train one in the "
                          "Train tab first.")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ValueError(f"α must be a finite number, got {alpha!r:.40}.")
     if isinstance(offset, str):
         return [(offset, alpha)]
     return [(name, a * alpha) for name, a in offset]
@@ -73,8 +98,13 @@ def ticked_requests(requests: dict[str, list[tuple[str, float]]], ticked) -> lis
 def compare_view(lab: Lab, question: str, offset: Active, alpha: float,
                  decoding: Decoding | None = None) -> CompareView:
     """``offset``: one offset's name, or (name, α) pairs fused together (α scaled by ``alpha``)."""
-    if not question.strip():
+    if not isinstance(question, str) or not question.strip():
         raise ValueError("Type a question or pick an example.")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise ValueError(f"The question is {len(question):,} characters; the panel takes at most "
+                         f"{MAX_QUESTION_CHARS:,}.")
+    if decoding is not None:
+        _within(decoding.max_new_tokens, 1, MAX_NEW_TOKENS, "max new tokens")
     c = compare(lab, question, active_pairs(offset, alpha), 1.0, decoding)
     step = min(c.divergence or 0, max(len(c.fused.steps) - 1, 0))
     return CompareView(
@@ -123,6 +153,9 @@ def train_updates(lab: Lab, forget_split: str, objective: str = DEFAULT_OBJECTIV
     The trainer only knows callbacks, so it runs in a thread and its events come back
     through a queue; the generator turns them into updates the panel can stream.
     """
+    _within(steps, 1, MAX_TRAIN_STEPS, "Steps")
+    if len(name) > MAX_NAME_CHARS:
+        raise ValueError(f"The name is {len(name):,} characters; at most {MAX_NAME_CHARS} please.")
     config = replace(lab.train_config, objective=objective, steps=int(steps), lr=float(lr))
     events: queue.Queue = queue.Queue()
     outcome: dict = {}
@@ -175,6 +208,8 @@ def evaluate_view(lab: Lab, offset: Active, alpha: float, forget_split: str,
     from ..measure.evaluate import evaluate
     from ..measure.metrics import legend
 
+    _within(max_records, 1, MAX_EVAL_RECORDS, "Records per split")
+    _within(max_new_tokens, 1, MAX_NEW_TOKENS, "max new tokens")
     splits = lab.eval_splits(forget_split)
     models = {"base": lab.model(), "fused": lab.model(active_pairs(offset, alpha))}
     if lab.gold is not None:
@@ -228,10 +263,13 @@ def build_app(lab: Lab, requests: dict[str, list[tuple[str, float]]] | None = No
         offset = compare_tab["offset"]
         train = _train_tab(lab)
         eval_offset = _evaluate_tab(lab, requests)
-        # A finished training offers its offset in both tabs' pickers.
+        # A finished training offers its offset in both tabs' pickers — of the visitor
+        # who trained it only: an event's outputs go to the page that sent it, so nobody
+        # else's pick changes (they see the new offset when they next open the page).
+        # Training runs in a lane of its own, one at a time.
         train["button"].click(train["handler"], train["inputs"],
                               [train["status"], train["plot"], offset, eval_offset],
-                              api_name="train")
+                              api_name="train", concurrency_limit=1, concurrency_id="train")
 
         # A page opened after training elsewhere should offer the new offsets too.
         def known_offsets():
@@ -244,6 +282,7 @@ def build_app(lab: Lab, requests: dict[str, list[tuple[str, float]]] | None = No
         app.load(known_offsets, None, [offset, eval_offset], api_visibility="private").then(
             compare_tab["first"], compare_tab["inputs"], compare_tab["outputs"],
             api_visibility="private")
+    app.queue(default_concurrency_limit=COMPARE_LANES, max_size=QUEUE_SIZE)
     return app
 
 
@@ -265,7 +304,8 @@ def _compare_tab(lab: Lab, requests: dict):
     with gr.Tab("Compare"):
         with gr.Row():
             with gr.Column(scale=3):
-                question = gr.Textbox(label="Question", value=first_question, lines=1)
+                question = gr.Textbox(label="Question", value=first_question, lines=1,
+                                      max_length=MAX_QUESTION_CHARS)
                 for split, qs in examples.items():
                     what = ("should be forgotten" if split.startswith("forget")
                             else "should be kept")
@@ -282,8 +322,8 @@ def _compare_tab(lab: Lab, requests: dict):
                                   label="α (offset strength)")
                 with gr.Accordion("Decoding", open=False):
                     d = Decoding()
-                    max_new_tokens = gr.Slider(1, 64, value=d.max_new_tokens, step=1,
-                                               label="max new tokens")
+                    max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=d.max_new_tokens,
+                                               step=1, label="max new tokens")
                     do_sample = gr.Checkbox(d.do_sample, label="sample (else greedy)")
                     temperature = gr.Slider(0.1, 2.0, value=d.temperature, step=0.05,
                                             label="temperature")
@@ -306,7 +346,7 @@ def _compare_tab(lab: Lab, requests: dict):
                 decoding = Decoding(max_new_tokens=int(n), do_sample=bool(sample),
                                     temperature=t, top_k=int(k), top_p=p, seed=int(s or 0))
                 v = compare_view(lab, q, ticked_requests(requests, r) if r else o, a, decoding)
-            except (KeyError, ValueError) as err:
+            except (KeyError, ValueError, TypeError, OverflowError) as err:
                 raise _fail(err) from err
             last = max(len(v.comparison.fused.steps) - 1, 1)
             return (v.answers, v.strip, gr.Slider(maximum=last, value=v.step), v.bars,
@@ -348,16 +388,18 @@ def _train_tab(lab: Lab) -> dict:
                                      for o in OBJECTIVES.values()],
                                     value=lab.train_config.objective, label="Objective")
         with gr.Row():
-            steps = gr.Slider(1, 400, value=lab.train_config.steps, step=1, label="Steps")
+            steps = gr.Slider(1, MAX_TRAIN_STEPS, value=lab.train_config.steps, step=1,
+                              label="Steps")
             lr = gr.Number(lab.train_config.lr, label="Learning rate")
-            name = gr.Textbox(label="Name (optional)", placeholder="e.g. forget10-npo_gd")
+            name = gr.Textbox(label="Name (optional)", placeholder="e.g. forget10-npo_gd",
+                              max_length=MAX_NAME_CHARS)
         train_button = gr.Button("Train", variant="primary")
         status = gr.HTML()
         loss_plot = gr.Plot(label="Loss")
 
     def on_train(split, obj, n, rate, label):
         try:
-            for update in train_updates(lab, split, obj, int(n), float(rate), label or ""):
+            for update in train_updates(lab, split, obj, n, float(rate), label or ""):
                 if update.name is None:
                     yield update.status(), update.figure(), gr.skip(), gr.skip()
                 else:
@@ -365,9 +407,8 @@ def _train_tab(lab: Lab) -> dict:
                     yield (update.status(), update.figure(),
                            gr.Dropdown(names, value=update.name),
                            gr.Dropdown(names, value=update.name))
-        except (KeyError, ValueError) as err:
+        except (KeyError, ValueError, TypeError, OverflowError) as err:
             raise _fail(err) from err
-
 
     return {"button": train_button, "handler": on_train, "status": status, "plot": loss_plot,
             "inputs": [forget_split, objective, steps, lr, name]}
@@ -390,7 +431,8 @@ def _evaluate_tab(lab: Lab, requests: dict):
                                      if lab.default_forget in lab.splits else None,
                                      label="Forget split (evaluated with its retain split, "
                                            "world facts and holdout)")
-            max_records = gr.Slider(2, 200, value=20, step=1, label="Records per split")
+            max_records = gr.Slider(2, MAX_EVAL_RECORDS, value=20, step=1,
+                                    label="Records per split")
         eval_button = gr.Button("Evaluate base, fused and gold", variant="primary")
         table = gr.Dataframe(label="Metrics per model")
         report_plot = gr.Plot(label="Metrics by split")
@@ -401,13 +443,14 @@ def _evaluate_tab(lab: Lab, requests: dict):
 
     def on_evaluate(o, r, a, split, n):
         try:
-            v = evaluate_view(lab, ticked_requests(requests, r) if r else o, a, split, int(n))
-        except (KeyError, ValueError) as err:
+            v = evaluate_view(lab, ticked_requests(requests, r) if r else o, a, split, n)
+        except (KeyError, ValueError, TypeError, OverflowError) as err:
             raise _fail(err) from err
         return v.table, v.bars, v.scatter, v.rows, v.legend
 
     eval_button.click(on_evaluate, [eval_offset, eval_ticked, eval_alpha, eval_split, max_records],
-                      [table, report_plot, scatter, per_record, meaning], api_name="evaluate")
+                      [table, report_plot, scatter, per_record, meaning], api_name="evaluate",
+                      concurrency_limit=1, concurrency_id="evaluate")
     return eval_offset
 
 
@@ -462,7 +505,9 @@ def launch(host: str = "127.0.0.1", port: int = 7860, lab: Lab | None = None,
     lab = lab or Lab.toy()
     if offsets_dir is not None:
         register_saved(lab, offsets_dir)
-    app = build_app(lab, registered_requests(lab, registry))
-    app.queue().launch(server_name=host, server_port=port, prevent_thread_lock=not block,
-                       ssr_mode=False, show_error=True, quiet=not block, theme=_theme())
+    app = build_app(lab, registered_requests(lab, registry))  # queue limits set there
+    # share=False: never a public gradio.live tunnel; the host is 127.0.0.1 unless the
+    # caller names another interface on purpose.
+    app.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block,
+               ssr_mode=False, show_error=True, quiet=not block, theme=_theme())
     return app

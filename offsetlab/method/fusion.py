@@ -22,7 +22,15 @@ from torch import Tensor
 
 from . import fingerprints
 from .prompts import QA, PromptFormat
-from .sources import HFSource, LogProbSource, model_vocab_size, normalise
+from .sources import (
+    HFSource,
+    LogProbSource,
+    model_vocab_size,
+    normalise,
+    refuse_too_long,
+    shared_window,
+    snippet,
+)
 from .trace import Trace, make_step
 
 
@@ -121,6 +129,9 @@ class OffsetModel:
         )
         for source in (self.base, *self._small):
             source.vocab_size = self.vocab_size
+        # Positions every model can read (None: no model says, e.g. a base behind a
+        # server alone); longer inputs are refused, never cut (see ``sources.ContextTooLong``).
+        self.context_window = shared_window(self.base, *self._small)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -136,6 +147,12 @@ class OffsetModel:
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+
+    def _refuse_too_long(self, needed: Sequence[int], texts: Sequence[str], what: str,
+                         advice: str, plus: str = "") -> None:
+        refuse_too_long(needed, self.context_window,
+                        lambda i: f"The {what} {snippet(texts[i])} ({i + 1} of {len(texts)}){plus}",
+                        advice)
 
     def _pad(self, rows: list[list[int]], left: bool) -> tuple[Tensor, Tensor]:
         pad = self.tokenizer.pad_token_id
@@ -184,6 +201,8 @@ class OffsetModel:
             if not all(r is None for r in rows):
                 raise TypeError("step() takes texts or token-id lists, not a mix of both.")
             rows = self.encode(prompts)
+        texts = [p if isinstance(p, str) else f"{len(p)} token ids" for p in prompts]
+        self._refuse_too_long([len(r) for r in rows], texts, "prompt", "Shorten the prompt.")
         return self._begin(*self._pad(rows, left=True))
 
     # -- (b) scoring ---------------------------------------------------------------
@@ -202,6 +221,8 @@ class OffsetModel:
         prompt_ids = self.encode(prompts)
         cont_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
         rows = [p + c for p, c in zip(prompt_ids, cont_ids)]
+        self._refuse_too_long([len(r) for r in rows], [p + c for p, c in zip(prompts, continuations)],
+                              "prompt and continuation", "Shorten them.")
         ids, mask = self._pad(rows, left=False)
         all_parts = self._score(ids, mask)
         out = []
@@ -246,12 +267,20 @@ class OffsetModel:
             return []
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1.")
-        if do_sample and temperature <= 0:
+        if do_sample and not temperature > 0:
             raise ValueError("temperature must be > 0 when sampling (use do_sample=False for greedy).")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"top_k must be a whole number ≥ 0 (0 = off), got {top_k!r}.")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}.")
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         eos = self.tokenizer.eos_token_id
 
         prompt_rows = self.encode(prompts)
+        # The last new token is never fed back: a prompt of n tokens reads n + m - 1.
+        self._refuse_too_long([len(r) + max_new_tokens - 1 for r in prompt_rows], prompts,
+                              "prompt", "Shorten the prompt or lower max_new_tokens.",
+                              plus=f" with max_new_tokens={max_new_tokens}")
         ids, mask = self._pad(prompt_rows, left=True)
         parts = self._begin(ids, mask)
         new_tokens: list[list[int]] = [[] for _ in prompts]
@@ -317,6 +346,7 @@ class FusedSource:
         self.model = model
         self.tokenizer = model.tokenizer
         self.vocab_size = model.vocab_size
+        self.context_window = model.context_window
 
     # A trainer may lower vocab_size to a range it shares with other models.
     def begin(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

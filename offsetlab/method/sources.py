@@ -18,6 +18,7 @@ any special case.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -57,6 +58,52 @@ def normalise(scores: Tensor, vocab_size: int) -> Tensor:
     agree on one range: every model's scores are cut to it here, and only here.
     """
     return torch.log_softmax(scores[..., :vocab_size].float(), dim=-1)
+
+
+class ContextTooLong(ValueError):
+    """A prompt (with its answer, or with the tokens still to generate) does not fit in
+    the models' context window. offsetlab refuses it rather than cutting it: a prompt cut
+    from the left is another question, and scores on it would be measured on text
+    nobody asked."""
+
+
+def context_window(source) -> int | None:
+    """How many positions a model (or a source wrapping one) reads at most: its config's
+    ``max_position_embeddings`` (``n_positions`` for GPT-2-like models); ``None`` when
+    unknown, e.g. a base behind a server, which refuses long prompts itself."""
+    model = getattr(source, "model", source)
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    value = getattr(source, "context_window", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def shared_window(*sources) -> int | None:
+    """The smallest context window among ``sources`` (``None`` when none is known)."""
+    known = [w for w in map(context_window, sources) if w is not None]
+    return min(known) if known else None
+
+
+def refuse_too_long(needed: Sequence[int], window: int | None, describe: Callable[[int], str],
+                    advice: str) -> None:
+    """The one rule for every path that feeds models (decoding, scoring, training):
+    ``needed[i]`` positions must fit in ``window``, else ``ContextTooLong`` names the
+    ``i``-th input (``describe(i)``) and what to do (``advice``)."""
+    if window is None:
+        return
+    for i, n in enumerate(needed):
+        if n > window:
+            raise ContextTooLong(f"{describe(i)} needs {n} positions, but the models read at "
+                                 f"most {window} (their context window). {advice}")
+
+
+def snippet(text: str, n: int = 40) -> str:
+    """The start of ``text``, quoted, to name it in a message."""
+    text = " ".join(text.split())
+    return repr(text if len(text) <= n else text[:n] + "…")
 
 
 def model_vocab_size(model) -> int:

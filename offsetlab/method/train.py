@@ -49,7 +49,15 @@ from .fingerprints import Fingerprint
 from .fusion import OffsetModel, fuse
 from .objectives import DEFAULT_OBJECTIVE, Hyper, Scored, get_objective, idk_answer
 from .prompts import QA, PromptFormat
-from .sources import HFSource, LogProbSource, model_vocab_size, normalise
+from .sources import (
+    HFSource,
+    LogProbSource,
+    model_vocab_size,
+    normalise,
+    refuse_too_long,
+    shared_window,
+    snippet,
+)
 
 
 @dataclass
@@ -129,14 +137,21 @@ class Example:
 
 def encode_examples(tokenizer, pairs: Sequence[tuple[str, str]],
                     prompt_format: PromptFormat = QA,
-                    keys: Sequence[str | None] | None = None) -> list[Example]:
+                    keys: Sequence[str | None] | None = None,
+                    window: int | None = None, what: str = "training") -> list[Example]:
     """(question, answer) pairs → the prompt format, answer followed by EOS. With ``keys``
-    (one key fact per pair) each example also knows which answer tokens spell its fact."""
+    (one key fact per pair) each example also knows which answer tokens spell its fact.
+    An example longer than ``window`` (the models' context window) is refused with
+    ``ContextTooLong``, naming the ``what`` set's record — before any model runs."""
     out = []
     for i, (question, answer) in enumerate(pairs):
         prompt = tokenizer(prompt_format.prompt(question), add_special_tokens=True)["input_ids"]
         answer_ids = tokenizer(prompt_format.answer(answer), add_special_tokens=False)["input_ids"]
         labels = answer_ids + [tokenizer.eos_token_id]
+        refuse_too_long([len(prompt) + len(labels)], window,
+                        lambda _, i=i, q=question: f"Record {i + 1} of the {what} set (question "
+                                                   f"{snippet(q)}), as prompt and answer,",
+                        "Shorten it or leave it out of the set.")
         fact = key_token_positions(tokenizer, prompt_format.answer(answer), keys[i]) if keys else None
         out.append(Example(prompt + labels, len(prompt) - 1, labels, fact))
     return out
@@ -144,12 +159,12 @@ def encode_examples(tokenizer, pairs: Sequence[tuple[str, str]],
 
 def forget_examples(tokenizer, records: Sequence, level: float,
                     levels: dict[str, list[float]] | None,
-                    prompt_format: PromptFormat = QA) -> list[Example]:
+                    prompt_format: PromptFormat = QA, window: int | None = None) -> list[Example]:
     """Forget answers with their key tokens and each key token's never-seen level: from
     ``levels`` (per template, ``calibrate.never_seen_levels``) when there are
     non-members, else ``level`` on every key token."""
     examples = encode_examples(tokenizer, [(r.question, r.answer) for r in records],
-                               prompt_format, [r.key for r in records])
+                               prompt_format, [r.key for r in records], window, "forget")
     for e, r in zip(examples, records):
         e.levels = (token_levels(levels, r, len(e.keys)) if levels is not None
                     else [level] * len(e.keys))
@@ -454,6 +469,12 @@ def train_offset(
     generator = torch.Generator().manual_seed(config.seed)
 
     t0 = time.perf_counter()
+    # Every record must fit the models' context window: refused here, before any model
+    # runs (prepare_groups encodes them again, with their key facts).
+    window = shared_window(base, reference, *(m for m, _ in stack))
+    for what, records in (("forget", forget), ("retain", retain)):
+        encode_examples(tokenizer, [(r.question, r.answer) for r in records], prompt_format,
+                        window=window, what=what)
     levels = None
     if nonmembers:
         # The never-seen level is read off the deployed model (base + stack) on the
@@ -616,7 +637,9 @@ def stranger_targets(group: Group, records: Sequence, strangers: Sequence[str], 
         for j in torch.randperm(len(strangers), generator=generator)[:k].tolist():
             swaps.append(about_stranger(r, strangers[j]))
             owners.append(i)
-    swapped = encode_examples(tokenizer, [(r.question, r.answer) for r in swaps], prompt_format)
+    window = shared_window(group.frozen.base, group.frozen.reference)
+    swapped = encode_examples(tokenizer, [(r.question, r.answer) for r in swaps], prompt_format,
+                              window=window, what="stranger (forget answers about invented subjects)")
     rows: list[list[Tensor]] = [[] for _ in records]
     for start in range(0, len(swapped), chunk):
         part = swapped[start : start + chunk]
@@ -710,19 +733,22 @@ def prepare_groups(base, reference, tokenizer, forget: Sequence, retain: Sequenc
     for source in (base_source, ref_source, *(s for s, _ in stacked)):
         source.vocab_size = vocab
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    window = shared_window(base_source, ref_source, *(s for s, _ in stacked))
 
-    def group(pairs, batch_size, examples=None) -> Group:
-        examples = examples or encode_examples(tokenizer, pairs, prompt_format)
+    def group(pairs, batch_size, examples=None, what="") -> Group:
+        examples = examples or encode_examples(tokenizer, pairs, prompt_format, window=window,
+                                               what=what)
         frozen = FrozenScores(base_source, ref_source, examples, pad_id, cache, stack=stacked)
         return Group(examples, frozen, batch_size, generator, pad_id)
 
     return Groups(
         forget=group(None, config.batch_size,
-                     forget_examples(tokenizer, forget, config.hyper().level, levels, prompt_format)),
-        retain=group([(r.question, r.answer) for r in retain], config.retain_batch_size)
-        if objective.needs_retain else None,
-        idk=group([(r.question, idk_answer(i)) for i, r in enumerate(forget)], config.batch_size)
-        if objective.needs_idk else None,
+                     forget_examples(tokenizer, forget, config.hyper().level, levels, prompt_format,
+                                     window)),
+        retain=group([(r.question, r.answer) for r in retain], config.retain_batch_size,
+                     what="retain") if objective.needs_retain else None,
+        idk=group([(r.question, idk_answer(i)) for i, r in enumerate(forget)], config.batch_size,
+                  what="refusal") if objective.needs_idk else None,
         vocab=vocab,
     )
 

@@ -17,6 +17,7 @@ during a save never leaves a half-written offset behind.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -38,6 +39,16 @@ WEIGHTS, META = "model.safetensors", "offset.json"
 
 class FingerprintMismatch(ValueError):
     """An offset was loaded onto a model it was not trained against."""
+
+
+class OffsetFolderError(ValueError):
+    """A saved offset folder that cannot be used as it is (damaged, edited or made for
+    another model); the message names the file and what to do."""
+
+
+# Weight files offsetlab never opens: loading a pickle can run any code it holds.
+PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
+RETRAIN = "restore the folder from a copy, or retrain the offset"
 
 
 # -- the artifact -----------------------------------------------------------------------
@@ -115,16 +126,18 @@ class Offset:
         different base only warns (using an offset on another base is an experiment,
         not an error).
         """
-        from safetensors.torch import load_file
-
         path = Path(path)
         recover_dir(path)
         if not (path / META).is_file() or not (path / WEIGHTS).is_file():
+            pickled = sorted(p.name for pattern in PICKLED for p in path.glob(pattern))
+            if pickled and not (path / WEIGHTS).is_file():
+                raise FileNotFoundError(
+                    f"{path} holds {', '.join(pickled)} but no {WEIGHTS}: offsetlab loads offset "
+                    "weights only from safetensors files (a pickled file can run code when "
+                    "loaded). Retrain the offset, or convert its weights to safetensors yourself "
+                    "if you trust where they come from.")
             raise FileNotFoundError(f"{path} is not a saved offset (expected {META} and {WEIGHTS}).")
-        meta = json.loads((path / META).read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: offset format {meta.get('format_version')} is not "
-                             f"{FORMAT_VERSION}; retrain it with this offsetlab version.")
+        meta = parse_meta((path / META).read_bytes(), path / META)
         expected = {k: Fingerprint.from_dict(v) for k, v in meta["fingerprints"].items()}
         found = {"reference": fingerprints.of_model(reference)}
         if tokenizer is not None:
@@ -144,7 +157,7 @@ class Offset:
                           f"{expected['base']}); the fused model may not forget as measured.",
                           stacklevel=2)
         model = make_offset(reference, meta["lora"]["rank"] if meta["lora"] else 0)
-        state = load_file(str(path / WEIGHTS))
+        state = _read_weights(path / WEIGHTS, _trained_state(model))
         if meta["lora"]:
             from peft import set_peft_model_state_dict
 
@@ -153,6 +166,98 @@ class Offset:
             model.load_state_dict(state)
         model.eval().requires_grad_(False)
         return cls(model, float(meta["alpha"]), meta)
+
+
+def parse_meta(raw: bytes, where: Path | str = META) -> dict:
+    """An offset's metadata from the bytes of its ``offset.json``, checked field by field
+    for what loading reads; anything else is refused with ``OffsetFolderError`` naming
+    ``where`` and the field."""
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise OffsetFolderError(f"{where}: not UTF-8 text; {RETRAIN}.") from None
+    except (ValueError, RecursionError) as err:
+        raise OffsetFolderError(f"{where}: not valid JSON ({err}); {RETRAIN}.") from None
+    if not isinstance(meta, dict):
+        raise OffsetFolderError(f"{where}: expected a JSON object, got {type(meta).__name__}; "
+                                f"{RETRAIN}.")
+
+    def bad(field: str, wanted: str) -> OffsetFolderError:
+        got = "missing" if field not in meta else f"{type(meta[field]).__name__} {meta[field]!r}"
+        return OffsetFolderError(f"{where}: field {field!r} must be {wanted}, got {got}"[:300]
+                                 + f"; {RETRAIN}.")
+
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise OffsetFolderError(f"{where}: offset format {version!r:.40} is not {FORMAT_VERSION}; "
+                                "retrain it with this offsetlab version.")
+    prints = meta.get("fingerprints")
+    if not isinstance(prints, dict) or not all(k in prints for k in ("base", "reference", "tokenizer")):
+        raise bad("fingerprints", "an object with 'base', 'reference' and 'tokenizer'")
+    for what, value in prints.items():
+        if not _is_fingerprint(value):
+            raise OffsetFolderError(f"{where}: fingerprints.{what!s:.40} is not a fingerprint "
+                                    f"record ({{'kind': ..., 'digest': ...}}); {RETRAIN}.")
+    alpha = meta.get("alpha")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise bad("alpha", "a finite number")
+    lora = meta.get("lora", "missing")
+    if lora is not None and not (isinstance(lora, dict) and isinstance(lora.get("rank"), int)
+                                 and not isinstance(lora["rank"], bool) and lora["rank"] >= 1):
+        raise bad("lora", "null (a full offset) or an object with an integer 'rank' ≥ 1")
+    for name in ("name", "objective"):
+        if name in meta and not isinstance(meta[name], str):
+            raise bad(name, "a string")
+    return meta
+
+
+def _is_fingerprint(value, depth: int = 0) -> bool:
+    if not isinstance(value, dict) or depth > 32:
+        return False
+    if not isinstance(value.get("kind"), str) or not isinstance(value.get("digest"), str):
+        return False
+    if not isinstance(value.get("label", ""), str):
+        return False
+    if value.get("base") and not _is_fingerprint(value["base"], depth + 1):
+        return False
+    offsets = value.get("offsets", [])
+    return isinstance(offsets, list) and all(
+        isinstance(o, list) and len(o) == 2 and isinstance(o[0], str)
+        and isinstance(o[1], (int, float)) and not isinstance(o[1], bool) for o in offsets)
+
+
+def _read_weights(path: Path, wanted: dict) -> dict:
+    """The tensors of a safetensors file, refused unless their names and shapes are
+    exactly those of ``wanted`` (the state the offset model expects)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except SafetensorError as err:
+        raise OffsetFolderError(f"{path}: not a complete safetensors file ({err}); it was cut "
+                                f"short or damaged: {RETRAIN}.") from None
+    missing = sorted(set(wanted) - set(state))
+    extra = sorted(set(state) - set(wanted))
+    shapes = [k for k in wanted if k in state and tuple(state[k].shape) != tuple(wanted[k].shape)]
+    if missing or extra or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} tensor(s) missing (first {missing[0]!r})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected (first {extra[0]!r})")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} of another shape (first {k!r}: "
+                         f"{tuple(state[k].shape)} instead of {tuple(wanted[k].shape)})")
+        raise OffsetFolderError(f"{path}: the weights do not fit the reference model: "
+                                f"{'; '.join(parts)}. The file belongs to another model or was "
+                                f"edited: {RETRAIN}.")
+    not_float = [k for k, v in state.items() if not v.is_floating_point()]
+    if not_float:
+        raise OffsetFolderError(f"{path}: tensor {not_float[0]!r} holds {state[not_float[0]].dtype}, "
+                                f"not floating-point weights: {RETRAIN}.")
+    return state
 
 
 def _lora_settings(model) -> dict | None:

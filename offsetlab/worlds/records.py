@@ -12,6 +12,7 @@ or one JSON list, load too.
 
 from __future__ import annotations
 
+import codecs
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +43,23 @@ class QARecord:
         }
 
 
+# A record is a question and a few answers: even the longest fit in a few KB, and the
+# longest context window offsetlab meets (SmolLM2's 8192 tokens) in about 40 KB. Bigger
+# ones are refused before they are parsed, so a damaged or hostile file cannot exhaust
+# memory one record at a time.
+MAX_RECORD_BYTES = 1 << 20  # 1 MiB per record (one JSON Lines line, one JSON-list element)
+# A file in the one-JSON-list format is read whole (TOFU's largest is about 2 MB).
+MAX_LIST_FILE_BYTES = 64 << 20
+_SPACE = b" \t\r\n"
+
+
 def load_records(path: str | Path) -> list[QARecord]:
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    return [_record_from_dict(obj, path, line) for obj, line in _json_objects(text, path)]
+    with open(path, "rb") as f:
+        listed = _first_byte(f) == b"["
+        f.seek(0)
+        objects = _json_list(f, path) if listed else _json_lines(f, path)
+    return [_record_from_dict(obj, path, line) for obj, line in objects]
 
 
 def save_records(records: list[QARecord], path: str | Path) -> None:
@@ -55,24 +69,66 @@ def save_records(records: list[QARecord], path: str | Path) -> None:
     Path(path).write_text("".join(lines), encoding="utf-8", newline="\n")
 
 
-def _json_objects(text: str, path: Path) -> list[tuple[object, int]]:
-    """(object, line number) pairs from JSON Lines or from a single JSON list."""
-    if text.lstrip().startswith("["):
-        return _json_list(text, path)
+def _first_byte(f) -> bytes:
+    """The first byte that is not whitespace or a UTF-8 byte-order mark (b"" if none)."""
+    start = True
+    while block := f.read(1 << 16):
+        if start and block.startswith(codecs.BOM_UTF8):
+            block = block[len(codecs.BOM_UTF8):]
+        start = False
+        stripped = block.lstrip(_SPACE)
+        if stripped:
+            return stripped[:1]
+    return b""
+
+
+def _decode(raw: bytes, path: Path, line: int) -> str:
+    """UTF-8 text of ``raw`` (which starts at ``line``); invalid bytes name their line."""
+    try:
+        return raw.decode("utf-8-sig" if line == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        bad = line + raw.count(b"\n", 0, err.start)
+        raise DataError(f"{path}:{bad}: not UTF-8 text (byte 0x{raw[err.start]:02x}); save the "
+                        "file as UTF-8") from None
+
+
+def _parse(text: str, where: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: invalid JSON ({err.msg})") from None
+    except (ValueError, RecursionError) as err:  # e.g. a 5000-digit number, [[[[...]]]]
+        raise DataError(f"{where}: invalid JSON ({err})") from None
+
+
+def _too_big(where: str, size: str) -> DataError:
+    return DataError(f"{where}: the record is {size}, more than the {MAX_RECORD_BYTES:,} bytes a "
+                     "record may take (a question and its answers); split or shorten it")
+
+
+def _json_lines(f, path: Path) -> list[tuple[object, int]]:
+    """(object, line number) pairs, one JSON Lines line at a time (only "\n" ends a line:
+    a record's text may hold any other line separator)."""
     objects = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            objects.append((json.loads(line), number))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: invalid JSON ({err.msg})") from err
+    number = 0
+    while raw := f.readline(MAX_RECORD_BYTES + 1):
+        number += 1
+        if len(raw) > MAX_RECORD_BYTES:
+            raise _too_big(f"{path}:{number}", f"over {MAX_RECORD_BYTES:,} bytes")
+        text = _decode(raw, path, number)
+        if text.strip():
+            objects.append((_parse(text, f"{path}:{number}"), number))
     return objects
 
 
-def _json_list(text: str, path: Path) -> list[tuple[object, int]]:
+def _json_list(f, path: Path) -> list[tuple[object, int]]:
     # Decode element by element rather than with json.loads, to know on which line
     # each record starts and so point at the bad one.
+    raw = f.read(MAX_LIST_FILE_BYTES + 1)
+    if len(raw) > MAX_LIST_FILE_BYTES:
+        raise DataError(f"{path}: over {MAX_LIST_FILE_BYTES:,} bytes, too big to read as one JSON "
+                        "list; write it as JSON Lines (one record per line)")
+    text = _decode(raw, path, 1)
     decoder = json.JSONDecoder()
     objects = []
     pos = text.index("[") + 1
@@ -81,15 +137,23 @@ def _json_list(text: str, path: Path) -> list[tuple[object, int]]:
             pos = _skip(text, pos, " \t\r\n")
             if text.startswith("]", pos):
                 break
-            obj, end = decoder.raw_decode(text, pos)
-            objects.append((obj, text.count("\n", 0, pos) + 1))
+            line = text.count("\n", 0, pos) + 1
+            try:
+                obj, end = decoder.raw_decode(text, pos)
+            except (RecursionError, ValueError) as err:
+                if isinstance(err, json.JSONDecodeError):
+                    raise
+                raise DataError(f"{path}:{line}: invalid JSON ({err})") from None
+            if end - pos > MAX_RECORD_BYTES // 4 and len(text[pos:end].encode()) > MAX_RECORD_BYTES:
+                raise _too_big(f"{path}:{line}", f"{len(text[pos:end].encode()):,} bytes")
+            objects.append((obj, line))
             pos = _skip(text, end, " \t\r\n")
             if text.startswith(",", pos):
                 pos += 1
             elif not text.startswith("]", pos):
                 raise json.JSONDecodeError("expected ',' or ']'", text, pos)
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from err
+        raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
     return objects
 
 

@@ -163,3 +163,33 @@ def test_the_real_panel_toggles_registered_requests(tmp_path):
         assert [row[0] for row in table["data"]] == ["base", "fused", "gold"]
     finally:
         server.close()
+
+
+def test_inputs_are_capped_with_a_message(lab):
+    padded = FORGET_QUESTION.ljust(app.MAX_QUESTION_CHARS)  # at the cap: still answered
+    assert app.compare_view(lab, padded, "random", 1.0, Decoding(max_new_tokens=2)).answers
+    with pytest.raises(ValueError, match="2,001 characters; the panel takes at most 2,000"):
+        app.compare_view(lab, padded + "?", "random", 1.0)
+    with pytest.raises(ValueError, match="max new tokens must be a number from 1 to 64"):
+        app.compare_view(lab, FORGET_QUESTION, "random", 1.0, Decoding(max_new_tokens=65))
+    with pytest.raises(ValueError, match="α must be a finite number"):
+        app.compare_view(lab, FORGET_QUESTION, "random", float("nan"))
+    with pytest.raises(ValueError, match="Records per split must be a number from 1 to 200"):
+        app.evaluate_view(lab, "random", 1.0, "forget10", max_records=201)
+    with pytest.raises(ValueError, match="max new tokens must be"):
+        app.evaluate_view(lab, "random", 1.0, "forget10", max_new_tokens=10_000)
+    with pytest.raises(ValueError, match="Steps must be a number from 1 to 400"):
+        next(app.train_updates(lab, "forget10", steps=401))
+    with pytest.raises(ValueError, match="at most 80"):
+        next(app.train_updates(lab, "forget10", steps=1, name="x" * 81))
+    assert set(lab.offsets) == {"random"}  # nothing refused was trained
+
+
+def test_the_queue_has_lanes_and_a_size(lab):
+    blocks = app.build_app(lab)
+    assert blocks._queue.max_size == app.QUEUE_SIZE
+    assert blocks._queue.default_concurrency_limit == app.COMPARE_LANES
+    lanes = {fn.api_name: (fn.concurrency_id, fn.concurrency_limit) for fn in blocks.fns.values()
+             if fn.api_name in ("compare", "train", "evaluate")}
+    assert lanes["train"] == ("train", 1) and lanes["evaluate"] == ("evaluate", 1)
+    assert lanes["compare"][0] not in ("train", "evaluate")  # compares never wait on training

@@ -201,3 +201,16 @@ def test_a_fused_model_is_a_source_to_stack_offsets_on(tiny_trio, tokenizer):
     weaker = OffsetModel(base, ref, [(off, 0.5)], tokenizer=tokenizer).as_source().fingerprint()
     assert deployed.fingerprint() == same != weaker and same.kind == "stack"
     assert same.root().same_model(weaker.root())  # one base under both stacks
+
+
+def test_decoding_options_are_checked_where_generate_is_called(tiny_trio, tokenizer):
+    base, ref, off = tiny_trio
+    model = OffsetModel(base, ref, [(off, 1.0)], tokenizer=tokenizer)
+    for options, message in [({"max_new_tokens": 0}, "max_new_tokens"),
+                             ({"do_sample": True, "temperature": float("nan")}, "temperature"),
+                             ({"top_k": -1}, "top_k"), ({"top_k": 2.5}, "top_k"),
+                             ({"top_p": 0.0}, "top_p"), ({"top_p": float("nan")}, "top_p")]:
+        with pytest.raises(ValueError, match=message):
+            model.generate(PROMPTS[0], **options)
+    assert isinstance(model.generate(PROMPTS[0], max_new_tokens=2, do_sample=True, top_k=3,
+                                     top_p=0.5, seed=1), str)

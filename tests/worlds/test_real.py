@@ -108,3 +108,19 @@ def toy_identity_offset(lab):
     from offsetlab.offsets.artifact import Offset
 
     return Offset(make_offset(lab.reference), 1.0, {"name": "same"})
+
+
+def test_a_prompt_past_smollm2s_window_is_refused_before_it_runs():
+    from offsetlab.method.sources import ContextTooLong
+
+    base, small, tokenizer = smollm2()
+    window = base.config.max_position_embeddings
+    model = OffsetModel(base, small, [(small, 1.0)], tokenizer=tokenizer, prompt_format=CHATML)
+    assert model.context_window == window == small.config.max_position_embeddings
+    prompt = " the" * window  # SmolLM2 adds no BOS: one token per word
+    assert len(tokenizer(prompt)["input_ids"]) == window
+    start = time.perf_counter()
+    with pytest.raises(ContextTooLong, match=f"needs {window + 1} positions, but the models read "
+                                             f"at most {window}"):
+        model.generate(prompt, max_new_tokens=2)
+    assert time.perf_counter() - start < 5  # refused from the token count, no forward pass

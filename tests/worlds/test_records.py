@@ -80,3 +80,41 @@ def test_bad_records_name_file_line_and_field(tmp_path, line, message):
         load_records(path)
     assert f"{path}:3: " in str(err.value) and message in str(err.value)
     assert isinstance(err.value, ValueError)
+
+
+def test_a_huge_record_is_refused_before_it_is_parsed(tmp_path):
+    from offsetlab.worlds.records import MAX_RECORD_BYTES
+
+    path = tmp_path / "huge.jsonl"
+    good = '{"question": "Q?", "answer": "A."}\n'
+    path.write_text(good + json.dumps({"question": "Q?", "answer": "x" * 5_000_000}) + "\n" + good)
+    with pytest.raises(DataError, match=rf"huge\.jsonl:2: the record is over {MAX_RECORD_BYTES:,} bytes"):
+        load_records(path)
+    listed = tmp_path / "huge.json"
+    listed.write_text('[\n{"question": "Q?", "answer": "A."},\n'
+                      + json.dumps({"question": "Q?", "answer": "x" * 2_000_000}) + "\n]")
+    with pytest.raises(DataError, match=r"huge\.json:3: the record is 2,000,0\d\d bytes"):
+        load_records(listed)
+    # Just under the cap still loads: the limit is on size, not on long answers as such.
+    path.write_text(json.dumps({"question": "Q?", "answer": "x" * (MAX_RECORD_BYTES - 100)}) + "\n")
+    assert len(load_records(path)[0].answer) == MAX_RECORD_BYTES - 100
+
+
+def test_bytes_that_are_not_utf8_name_their_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"question": "Q?", "answer": "A."}\n'
+                     b'{"question": "O\xf9 est n\xe9 Zo\xeb?", "answer": "A."}\n')
+    with pytest.raises(DataError, match=r"latin1\.jsonl:2: not UTF-8 text \(byte 0xf9\)"):
+        load_records(path)
+    listed = tmp_path / "latin1.json"
+    listed.write_bytes(b'[\n {"question": "Q?", "answer": "A."},\n {"question": "\xe9?"}\n]')
+    with pytest.raises(DataError, match=r"latin1\.json:3: not UTF-8"):
+        load_records(listed)
+
+
+def test_a_byte_order_mark_and_unicode_line_separators_are_read_as_text(tmp_path):
+    record = QARecord("Q\u2028two lines?", "A\x85\u2029.")  # separators json.dumps keeps raw
+    path = tmp_path / "bom.jsonl"
+    save_records([record], path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert load_records(path) == [record]

@@ -29,12 +29,8 @@ APPROACHES = {
     "hinge": dict(objective="hinge"),  # LoKU inverted hinge on the fact's choice tokens
     "calibrated": dict(objective="calibrated"),  # base with the fact capped at the level
     "stranger": dict(objective="stranger"),  # the base's answer about invented people, capped
-    # ... with the strangers' distributions averaged as probabilities (needs stranger_mix,
-    # since removed: rejected on two tuning seeds, plausible 0.67/0.60 vs 0.80/0.62)
-    # ... capped on the fact's first token only: the rest of the value follows the strangers
-    "stranger_first": dict(objective="stranger", cap_continuation=False),
-    "stranger_400": dict(objective="stranger", steps=400),
-    "stranger_first_400": dict(objective="stranger", cap_continuation=False, steps=400),
+    # Variants of stranger tried in wave 2 and rejected (sweep_calibrated.md; commit dd25f2b):
+    # strangers averaged as probabilities, caps on the fact's first token only, 400 steps.
     # the strength chosen after training where forget facts are as familiar as non-members'
     "npo_gd_alpha": dict(objective="npo_gd", calibrate_alpha=True),
     "stranger_alpha": dict(objective="stranger", calibrate_alpha=True),

@@ -89,9 +89,6 @@ class TrainConfig:
         "help": "stop once the forget facts' mean key-token log-prob reaches the level"})
     check_every: int = field(default=10, metadata={"help": "steps between stop_at_level checks"})
     strangers: int = field(default=3, metadata={"help": "stranger: invented subjects averaged per record"})
-    cap_continuation: bool = field(default=True, metadata={
-        "help": "cap every key-fact token at its never-seen level (no: only the fact's first "
-                "token, where a value is chosen; the rest follows the target)"})
     calibrate_alpha: bool = field(default=False, metadata={
         "help": "after training, pick alpha where forget facts look as familiar as non-members' facts"})
 
@@ -162,19 +159,15 @@ def encode_examples(tokenizer, pairs: Sequence[tuple[str, str]],
 
 def forget_examples(tokenizer, records: Sequence, level: float,
                     levels: dict[str, list[float]] | None,
-                    prompt_format: PromptFormat = QA, window: int | None = None,
-                    continuation: bool = True) -> list[Example]:
+                    prompt_format: PromptFormat = QA, window: int | None = None) -> list[Example]:
     """Forget answers with their key tokens and each key token's never-seen level: from
     ``levels`` (per template, ``calibrate.never_seen_levels``) when there are
-    non-members, else ``level`` on every key token. ``continuation=False`` limits only
-    the fact's first token (0 = no limit on the others)."""
+    non-members, else ``level`` on every key token."""
     examples = encode_examples(tokenizer, [(r.question, r.answer) for r in records],
                                prompt_format, [r.key for r in records], window, "forget")
     for e, r in zip(examples, records):
         e.levels = (token_levels(levels, r, len(e.keys)) if levels is not None
                     else [level] * len(e.keys))
-        if not continuation:
-            e.levels = e.levels[:1] + [0.0] * (len(e.levels) - 1)
     return examples
 
 
@@ -751,7 +744,7 @@ def prepare_groups(base, reference, tokenizer, forget: Sequence, retain: Sequenc
     return Groups(
         forget=group(None, config.batch_size,
                      forget_examples(tokenizer, forget, config.hyper().level, levels, prompt_format,
-                                     window, config.cap_continuation)),
+                                     window)),
         retain=group([(r.question, r.answer) for r in retain], config.retain_batch_size,
                      what="retain") if objective.needs_retain else None,
         idk=group([(r.question, idk_answer(i)) for i, r in enumerate(forget)], config.batch_size,

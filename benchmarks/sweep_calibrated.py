@@ -36,6 +36,7 @@ APPROACHES = {
     "stranger_alpha": dict(objective="stranger", calibrate_alpha=True),
 }
 TUNING_SEEDS, HELDOUT_SEEDS, REQUEST_AUTHORS = (100, 101, 102), (200, 201, 202), 5
+OUTSIDER_NAMES = "fresh"  # how the tuning set's never-seen authors are named (--outsiders)
 
 
 def requests(lab, which: str):
@@ -53,7 +54,8 @@ def requests(lab, which: str):
         return
     seeds = TUNING_SEEDS if which == "tuning" else HELDOUT_SEEDS
     # Tuning never looks at the shipped holdout: its "never seen" side is invented too.
-    outsiders = invent_authors(10, seed=2) if which == "tuning" else lab.splits["holdout"]
+    outsiders = (invent_authors(10, seed=2, names=OUTSIDER_NAMES) if which == "tuning"
+                 else lab.splits["holdout"])
     for seed in seeds:
         forget, rest = draw_request(lab.splits["retain90"], REQUEST_AUTHORS, seed)
         retain = rest + lab.splits["world_train"]
@@ -75,7 +77,14 @@ def main(argv=None) -> None:
     p.add_argument("--only", nargs="*", choices=sorted(APPROACHES), help="approaches to run")
     p.add_argument("--sets", nargs="*", default=["tuning", "validation", "heldout"])
     p.add_argument("--requests", nargs="*", help="only these requests (e.g. forget10 'seed 200')")
+    p.add_argument("--nonmembers", choices=["lab", "fresh", "recombined"], default="lab",
+                   help="the non-members training reads levels and strangers from: the lab's, "
+                        "or 30 invented authors (seed 1) named so (see toy.world.invent_authors)")
+    p.add_argument("--outsiders", choices=["fresh", "recombined"], default="fresh",
+                   help="how the tuning set's never-seen authors (MIA) are named")
     args = p.parse_args(argv)
+    global OUTSIDER_NAMES
+    OUTSIDER_NAMES = args.outsiders
 
     import torch
 
@@ -86,6 +95,10 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(1)  # small models: one thread is faster than two on a busy box
     lab = Lab.toy()
+    if args.nonmembers != "lab":
+        from offsetlab.worlds.toy.world import invent_authors
+
+        lab.nonmembers = invent_authors(30, seed=1, names=args.nonmembers)
     pools = value_pools(lab.splits)  # every value the world uses, per question template
     names = args.only or list(APPROACHES)
     header = ("| set | request | model | forget quality | MIA AUC | privacy gap | plausible | "

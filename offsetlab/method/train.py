@@ -634,7 +634,11 @@ def stranger_targets(group: Group, records: Sequence, strangers: Sequence[str], 
     tokenizer = group.frozen.base.tokenizer or group.frozen.reference.tokenizer
     swaps, owners = [], []
     for i, r in enumerate(records):
-        for j in torch.randperm(len(strangers), generator=generator)[:k].tolist():
+        # never a stranger who shares a name with the subject (a recombined name such as
+        # "Githael Braskon" must not stand in for Githael Dustrer): the model may know them
+        own = set((r.subject or "").split())
+        order = torch.randperm(len(strangers), generator=generator).tolist()
+        for j in [j for j in order if not own & set(strangers[j].split())][:k]:
             swaps.append(about_stranger(r, strangers[j]))
             owners.append(i)
     window = shared_window(group.frozen.base, group.frozen.reference)

@@ -15,7 +15,7 @@ from offsetlab.worlds.toy.build import (
     train,
     train_tokenizer,
 )
-from offsetlab.worlds.toy.world import SPLITS, generate_world, write_world
+from offsetlab.worlds.toy.world import SPLITS, generate_world, invent_authors, write_world
 
 MB = 1024 * 1024
 
@@ -180,3 +180,31 @@ def test_shipped_checkpoints_meet_the_bars():
     chance = chance_key_accuracy(splits["forget10"], splits["retain90"])
     scores = evaluate(shipped.gold, shipped.tokenizer, splits["forget10"])
     assert scores["key_accuracy"] <= chance + 0.1, (scores, chance)
+
+
+def test_invented_authors_are_named_fresh_or_like_the_trained_ones():
+    """Fresh names share no word with the world; recombined ones join a trained author's
+    first name to another's surname — new people whose names the shipped tokenizer cuts
+    like the trained authors' (fresh ones fall apart into about twice as many tokens)."""
+    world = generate_world(0)
+    trained = set(world.authors) | set(world.holdout_authors)
+    firsts = {a.split()[0]: a for a in world.authors}
+    lasts = {a.split()[1]: a for a in world.authors}
+    fresh = sorted({r.subject for r in invent_authors(30, seed=1)})
+    mixed = sorted({r.subject for r in invent_authors(30, seed=1, names="recombined")})
+    assert len(fresh) == len(mixed) == 30 and not (set(mixed) & trained)
+    assert mixed == sorted({r.subject for r in invent_authors(30, seed=1, names="recombined")})
+    words = {w for a in trained for w in a.split()}
+    assert not any(set(n.split()) & words for n in fresh)
+    for name in mixed:
+        first, last = name.split()
+        assert first in firsts and last in lasts and firsts[first] != lasts[last]
+
+    tokenizer = toy.load().tokenizer
+
+    def tokens(names):
+        return sum(len(tokenizer(" " + n, add_special_tokens=False)["input_ids"]) for n in names) / len(names)
+
+    assert abs(tokens(mixed) - tokens(world.authors)) < 1.0 < tokens(fresh) - tokens(world.authors)
+    with pytest.raises(ValueError, match="fresh' or 'recombined"):
+        invent_authors(3, seed=1, names="other")

@@ -382,17 +382,25 @@ def _fact(
 
 def invent_authors(
     n: int, seed: int, world_seed: int = 0, n_authors: int = 100, n_world_facts: int = 150,
-    n_holdout: int = 10,
+    n_holdout: int = 10, names: str = "fresh",
 ) -> list[QARecord]:
     """Records of `n` freshly invented authors of the world `generate_world(world_seed, ...)`:
-    drawn like its authors (same cities, awards, books, templates) with their own `seed`, and
-    named so that no name collides with any word of the world.
+    drawn like its authors (same cities, awards, books, templates) with their own `seed`.
+
+    ``names="fresh"``: named with new words, so that no name collides with any word of the
+    world. ``names="recombined"``: a trained author's first name with another trained
+    author's surname ("Githael" + "Braskon"), never a name in use. The world's tokenizer
+    was trained on the trained authors' names, so fresh names fall apart into about twice
+    as many tokens (7.9 per name vs 3.6) and a model meets them as nothing like a person it
+    could know; recombined names tokenize like the names a model has to forget.
 
     These are the "few invented records of the same shape" a user can always write: known to
     be non-members, they show what a model that never saw an author does with its questions —
     the level calibrated unlearning aims for. They are not the shipped `holdout` split, which
     is kept for measuring (membership inference) only.
     """
+    if names not in ("fresh", "recombined"):
+        raise ValueError(f"names must be 'fresh' or 'recombined', got {names!r}.")
     # Replay the world's draws up to its profiles, so that every word it uses is reserved.
     rng = random.Random(world_seed)
     words = _Namer(rng)
@@ -406,5 +414,16 @@ def invent_authors(
     rng = random.Random(seed)
     words.rng = titles.rng = rng
     invented = [_author(rng, words, geo, titles, awards) for _ in range(n)]
+    if names == "recombined":
+        trained = [p["name"].split(" ", 1) for p in profiles[:n_authors]]
+        taken = {p["name"] for p in profiles}
+        for p in invented:
+            while True:
+                a, b = rng.sample(range(len(trained)), 2)
+                name = f"{trained[a][0]} {trained[b][1]}"
+                if name not in taken:
+                    break
+            p["name"] = name
+            taken.add(name)
     everyone = profiles + invented
     return [r for p in invented for r in _author_records(rng, p, everyone, geo, awards)]

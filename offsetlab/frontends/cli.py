@@ -117,6 +117,9 @@ def records_from(lab, split: str | None, path: str | None):
 def cmd_generate(args) -> int:
     if args.trace_json and not args.trace:
         raise SystemExit("--trace-json saves the trace that --trace prints: give --trace too.")
+    if not args.prompt.strip():
+        raise ValueError("the question is empty: give one, e.g. offsetlab generate "
+                         "\"Where was Lusdaeth Sumhatas born?\"")
     from ..method.trace import Trace
 
     lab = load_lab(args)
@@ -264,7 +267,16 @@ def cmd_demo(args) -> int:
 
 
 def cmd_panel(args) -> int:
+    import socket
+
     from .app import launch
+
+    with socket.socket() as probe:  # found before the lab loads, not in gradio's traceback
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as err:
+            raise ValueError(f"cannot serve on {args.host}:{args.port} ({err.strerror or err}): "
+                             "the port is taken or not allowed; pick another with --port") from err
 
     launch(host=args.host, port=args.port, lab=load_lab(args), offsets_dir=args.offsets,
            registry=args.registry)

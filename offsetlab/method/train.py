@@ -447,6 +447,12 @@ def train_offset(
     objective = get_objective(config.objective)
     if not forget:
         raise ValueError("The forget set is empty: nothing to unlearn.")
+    for what, records in (("forget", forget), ("retain", retain or [])):
+        empty = [i + 1 for i, r in enumerate(records) if not str(r.answer).strip()]
+        if empty:
+            raise ValueError(f"Record {empty[0]} of the {what} set has an empty answer "
+                             f"({len(empty)} in all): there is nothing to learn from it; give "
+                             "it an answer or leave it out.")
     if objective.needs_retain and not retain:
         raise ValueError(f"Objective {objective.name!r} needs a retain set; pass retain=... or pick "
                          "'ga' or 'npo'.")

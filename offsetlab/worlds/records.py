@@ -190,9 +190,12 @@ def _record_from_dict(obj: object, path: Path, line: int) -> QARecord:
         perturbed = []
     if not isinstance(perturbed, list) or not all(isinstance(p, str) for p in perturbed):
         raise DataError(f"{where}: field 'perturbed_answer' must be a string or a list of strings")
+    answer = text_field("answer", required=True)
+    if not answer.strip():  # nothing to forget or keep, and training on it teaches EOS only
+        raise DataError(f"{where}: field 'answer' is empty")
     return QARecord(
         question=question,
-        answer=text_field("answer", required=True),
+        answer=answer,
         paraphrased_answer=text_field("paraphrased_answer", required=False) or "",
         perturbed_answers=perturbed,
         key=text_field("key", required=False),

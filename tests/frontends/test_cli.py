@@ -110,6 +110,7 @@ BAD = [
     (["generate", "--sample", "--temperature", "nan", "hi"], "not a finite number"),
     (["generate", "--max-new-tokens", "0", "hi"], "must be ≥ 1"),
     (["generate", "--trace-json", "{tmp}/t.json", "hi"], "give --trace too"),
+    (["generate", "  \t "], "the question is empty"),
     (["eval", "--max-records", "0"], "must be ≥ 1"),
     (["eval", "--html", "{tmp}/taken"], "is a folder"),
     (["offsets", "compose", "a", "--alpha", "nan", "--out", "c"], "not a finite number"),
@@ -138,6 +139,24 @@ def test_bad_options_are_refused_before_anything_loads(tmp_path, argv, message, 
     assert code != 0
     assert message in err, err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_a_taken_port_is_refused_before_the_panel_loads(monkeypatch, capsys):
+    import socket
+
+    from offsetlab.frontends import cli
+
+    def no_lab(args):
+        raise AssertionError("the lab was loaded before the port was checked")
+
+    monkeypatch.setattr(cli, "load_lab", no_lab)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["panel", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot serve on 127.0.0.1:{port}" in err and "--port" in err, err
 
 
 def test_ctrl_c_during_training_keeps_the_offset_trained_so_far(tmp_path):

@@ -145,6 +145,11 @@ def test_bad_input_is_refused(pair, tokenizer):
         train_offset(base, ref, tokenizer, FORGET, RETAIN, TrainConfig(objective="nope"))
     with pytest.raises(ValueError, match="forget set is empty"):
         train_offset(base, ref, tokenizer, [], RETAIN)
+    import dataclasses
+
+    blank = [*RETAIN[:1], dataclasses.replace(RETAIN[0], answer="  ")]
+    with pytest.raises(ValueError, match="Record 2 of the retain set has an empty answer"):
+        train_offset(base, ref, tokenizer, FORGET, blank)
 
 
 def test_callback_sees_every_step(pair, tokenizer):

@@ -67,6 +67,7 @@ def test_json_list_errors_name_the_line_of_the_bad_record(tmp_path):
         ('{"answer": "A."}', "field 'question' is missing"),
         ('{"question": "  ", "answer": "A."}', "field 'question' is empty"),
         ('{"question": "Q?", "answer": 3}', "field 'answer' must be a string, got int"),
+        ('{"question": "Q?", "answer": " "}', "field 'answer' is empty"),
         ('{"question": "Q?", "answer": "A.", "perturbed_answer": [1]}', "field 'perturbed_answer'"),
         ('{"question": "Q?", "answer": "A.", "key": ["x"]}', "field 'key' must be a string"),
         ('["Q?", "A."]', "expected a JSON object"),

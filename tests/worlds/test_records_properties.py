@@ -17,7 +17,7 @@ SETTINGS = settings(max_examples=80, deadline=None,
 # Any unicode text (hypothesis leaves out lone surrogates, which UTF-8 cannot hold).
 text = st.text(max_size=40)
 question = text.filter(lambda s: s.strip())
-records = st.builds(QARecord, question=question, answer=text, paraphrased_answer=text,
+records = st.builds(QARecord, question=question, answer=question, paraphrased_answer=text,
                     perturbed_answers=st.lists(text, max_size=3),
                     key=st.none() | text, subject=st.none() | text)
 json_values = st.recursive(
@@ -43,7 +43,7 @@ def test_any_valid_records_round_trip(tmp_path, rs):
 # A record with one field made invalid, at a random line among valid ones.
 BAD_FIELDS = {
     "question": st.none() | st.integers() | st.just("  ") | st.lists(text, min_size=1),
-    "answer": st.none() | st.integers() | st.floats(allow_nan=False) | st.booleans(),
+    "answer": st.none() | st.just("") | st.just(" \n") | st.integers() | st.floats(allow_nan=False) | st.booleans(),
     "perturbed_answer": st.integers() | st.lists(st.integers(), min_size=1),
     "key": st.integers() | st.lists(text, min_size=1),
     "subject": st.floats(allow_nan=False) | st.dictionaries(text, text, min_size=1),

@@ -80,6 +80,9 @@ class Registry:
 
     def names(self) -> list[str]:
         """Names with at least one live version."""
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"The registry {self.root} is a file, not a registry folder. "
+                             "Pass --registry a folder.")
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir()
@@ -129,28 +132,40 @@ class Registry:
         return {"ref": f"{name}@{version}", "path": str(path), "entry": entry, **data}
 
     def list(self) -> list[dict]:
-        """One row per live version: what a table of forget requests shows."""
+        """One row per live version: what a table of forget requests shows. An entry whose
+        files cannot be read is listed as "damaged", with why; it does not hide the others."""
         rows = []
         for name in self.names():
             for version in self.versions(name):
-                entry, data = _read_entry(self.root / name / f"v{version}")
-                if entry == "composition":
-                    members = data["members"]
-                    objective = " + ".join(f"{m['alpha']:g}·{m['ref']}" for m in members)
-                    forget = [self.show(m["ref"]).get("forget_set", {}) for m in members]
-                    size, digest = sum(f.get("size", 0) for f in forget), ""
-                else:
-                    objective = data.get("objective", "?")
-                    size = data.get("forget_set", {}).get("size", 0)
-                    digest = data.get("forget_set", {}).get("sha256", "")[:12]
-                rows.append({
-                    "ref": f"{name}@{version}", "name": name, "version": version,
-                    "entry": entry, "objective": objective, "alpha": data.get("alpha"),
-                    "forget_size": size, "forget_sha256": digest,
-                    "created": data.get("registered") or data.get("created", ""),
-                    "notes": _summary(data.get("notes")), "metrics": _summary(data.get("metrics")),
-                })
+                try:
+                    rows.append(self._row(name, version))
+                except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+                    rows.append({"ref": f"{name}@{version}", "name": name, "version": version,
+                                 "entry": "damaged", "objective": "?", "alpha": None,
+                                 "forget_size": 0, "forget_sha256": "", "created": "",
+                                 "notes": f"unreadable: {err}", "metrics": ""})
         return rows
+
+    def _row(self, name: str, version: int) -> dict:
+        entry, data = _read_entry(self.root / name / f"v{version}")
+        if not isinstance(data, dict):
+            raise ValueError(f"its metadata is a JSON {type(data).__name__}, not an object")
+        if entry == "composition":
+            members = data["members"]
+            objective = " + ".join(f"{m['alpha']:g}·{m['ref']}" for m in members)
+            forget = [self.show(m["ref"]).get("forget_set", {}) for m in members]
+            size, digest = sum(f.get("size", 0) for f in forget), ""
+        else:
+            objective = data.get("objective", "?")
+            size = data.get("forget_set", {}).get("size", 0)
+            digest = data.get("forget_set", {}).get("sha256", "")[:12]
+        return {
+            "ref": f"{name}@{version}", "name": name, "version": version,
+            "entry": entry, "objective": objective, "alpha": data.get("alpha"),
+            "forget_size": size, "forget_sha256": digest,
+            "created": data.get("registered") or data.get("created", ""),
+            "notes": _summary(data.get("notes")), "metrics": _summary(data.get("metrics")),
+        }
 
     # -- loading ---------------------------------------------------------------------
 

@@ -251,6 +251,14 @@ def test_cli_list_show_compose_remove(pair, tokenizer, tmp_path, capsys, monkeyp
     assert "No offset named 'ab' in the registry at" in capsys.readouterr().err
     assert main(["offsets", "list", "--registry", str(tmp_path / "empty")]) == 0
     assert "no offsets in" in capsys.readouterr().out
+    (tmp_path / "file").write_text("not a registry\n")
+    assert main(["offsets", "list", "--registry", str(tmp_path / "file")]) == 2
+    assert "is a file, not a registry folder" in capsys.readouterr().err
+    # one entry edited into nonsense: listed as damaged, the others still listed
+    (root / "b" / "v1" / "offset.json").write_text("{not json")
+    assert main(["offsets", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "a@1" in out and "b@1" in out and "damaged" in out and "unreadable" in out
 
 
 def test_cli_train_can_register(pair, tokenizer, tmp_path, capsys, monkeypatch):

@@ -498,6 +498,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"offsetlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:  # a base behind a server that failed: its message says what to do
+        remote = sys.modules.get("offsetlab.method.remote")
+        if remote is None or not isinstance(e, remote.RemoteSourceError):
+            raise
+        print(f"offsetlab {args.command}: {e}", file=sys.stderr)
+        return 2
     if os.environ.get("OFFSETLAB_TIMING"):
         print(f"[{time.perf_counter() - started:.1f} s]", file=sys.stderr)
     return code

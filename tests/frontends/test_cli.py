@@ -141,6 +141,19 @@ def test_bad_options_are_refused_before_anything_loads(tmp_path, argv, message, 
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
 
 
+def test_an_unreachable_base_url_is_one_message_not_a_traceback(capsys):
+    import socket
+
+    from offsetlab.frontends import cli
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert cli.main(["generate", "--base-url", f"http://127.0.0.1:{port}", "Where?"]) == 2
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port}" in err and "cannot connect" in err and "Is the server running" in err
+
+
 def test_a_taken_port_is_refused_before_the_panel_loads(monkeypatch, capsys):
     import socket
 

@@ -121,6 +121,15 @@ def test_a_forget_question_shows_two_answers_and_the_token_strip(panel_url, page
     shot = save_screenshot(page, tmp_path, "panel_compare.png")
     assert shot.stat().st_size > 10_000
 
+    # A request that fails says why in the page, and the panel goes on serving.
+    page.get_by_label("Question").fill("   ")
+    page.get_by_role("button", name="Compare").click()
+    page.get_by_text("Type a question or pick an example.").first.wait_for(timeout=60_000)
+    mark_answers_old(page)
+    page.get_by_role("button", name=RETAIN_QUESTION).first.click()
+    page.get_by_role("button", name="Compare").click()
+    assert len(new_answers(page)) == 3
+
 
 def test_ticking_registered_requests_fuses_them(page, tmp_path):
     """The registry's forget requests, ticked on and off in the Compare tab."""

@@ -142,6 +142,9 @@ def test_compose_pins_members_and_fuses_like_the_offsets_themselves(pair, tokeni
         registry.compose(["a@1", "ab"], None, "twice")
     with pytest.raises(ValueError, match="one α per ref"):
         registry.compose(["a", "b"], [1.0], "x")
+    with pytest.raises(RegistryError, match="No offset named 'nobody'"):
+        registry.compose(["a", "nobody"], None, "x")
+    assert "x" not in registry.names()  # nothing half-stored
     with pytest.raises(ValueError, match=r"Cannot remove a: .*a@1 by ab@1, abc@1.*a@2 by abc@1"):
         registry.remove("a")
     assert registry.remove("abc") == ["abc@1"]

@@ -28,15 +28,18 @@ APPROACHES = {
     "npo_gd_stop": dict(objective="npo_gd", stop_at_level=True),  # stop at the never-seen level
     "hinge": dict(objective="hinge"),  # LoKU inverted hinge on the fact's choice tokens
     "calibrated": dict(objective="calibrated"),  # base with the fact capped at the level
-    "stranger": dict(objective="stranger"),  # the base's answer about invented people, capped
+    "stranger": dict(objective="stranger", paths=0),  # the base's answer about invented people, capped
+    # + other values of the fact's kind, finished once started (NLL from the token after
+    # they leave the true answer; ``train.stranger_paths``)
+    "stranger_paths": dict(objective="stranger", paths=3),
     # Variants of stranger tried in wave 2 and rejected (sweep_calibrated.md; commit dd25f2b):
     # strangers averaged as probabilities, caps on the fact's first token only, 400 steps.
     # the strength chosen after training where forget facts are as familiar as non-members'
     "npo_gd_alpha": dict(objective="npo_gd", calibrate_alpha=True),
     "stranger_alpha": dict(objective="stranger", calibrate_alpha=True),
 }
-TUNING_SEEDS, HELDOUT_SEEDS, REQUEST_AUTHORS = (100, 101, 102), (200, 201, 202), 5
-OUTSIDER_NAMES = "fresh"  # how the tuning set's never-seen authors are named (--outsiders)
+TUNING_SEEDS, HELDOUT_SEEDS, REQUEST_AUTHORS = (100, 101, 102), (300, 301, 302), 5
+OUTSIDER_NAMES = "recombined"  # how the tuning set's never-seen authors are named (--outsiders)
 
 
 def requests(lab, which: str):
@@ -80,7 +83,7 @@ def main(argv=None) -> None:
     p.add_argument("--nonmembers", choices=["lab", "fresh", "recombined"], default="lab",
                    help="the non-members training reads levels and strangers from: the lab's, "
                         "or 30 invented authors (seed 1) named so (see toy.world.invent_authors)")
-    p.add_argument("--outsiders", choices=["fresh", "recombined"], default="fresh",
+    p.add_argument("--outsiders", choices=["fresh", "recombined"], default="recombined",
                    help="how the tuning set's never-seen authors (MIA) are named")
     args = p.parse_args(argv)
     global OUTSIDER_NAMES

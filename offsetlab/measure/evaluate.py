@@ -16,8 +16,14 @@ forget10 (AUC 0.865; forget01 0.96): the toy tokenizer was trained on the split 
 in which every trained author's text appears three times (forget10 ⊂ retain99, …) and a
 holdout author's once, so holdout names split into twice as many, rarer pieces (7.4 vs
 3.6 tokens) that are harder to copy and unsettle the next template token. On the key
-tokens the gold model scores 0.55 / 0.55 / 0.51 on forget10 / 05 / 01, as two sets drawn
-alike should (``tests/measure/test_evaluate.py`` pins it).
+tokens the gold model scores 0.55 / 0.55 / 0.51 on forget10 / 05 / 01.
+
+The names still weigh on the key tokens too: asked about a holdout author so named, the
+gold model states a value of the right kind only 0.65 of the time, against 1.00 about
+forget10's authors, whom it never saw either. So ``Lab.toy`` renames the holdout authors
+like the trained ones (``toy.world.renamed_like_trained``; 3.1 tokens per name), and the
+gold model is plausible 1.00 on both, with AUC 0.57 / 0.57 / 0.53 on forget10 / 05 / 01:
+two sets drawn alike (``tests/measure/test_evaluate.py`` pins it).
 """
 
 from __future__ import annotations

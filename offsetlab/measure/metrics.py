@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from ..method.calibrate import mentions, normalise_space
+
 # scipy, sklearn and rouge_score are imported inside the functions that use them:
 # importing them takes about a second that the CLI and panel should not pay at start-up.
 
@@ -67,9 +69,6 @@ def _as_1d(values: Any, what: str) -> np.ndarray:
     return arr
 
 
-def _normalise_space(text: str) -> str:
-    """Lower-case (casefold) and collapse every run of whitespace to one space."""
-    return " ".join(text.split()).casefold()
 
 
 # --------------------------------------------------------------------------- answers
@@ -105,11 +104,10 @@ def key_fact_hit(generated: str, key: str) -> bool:
     Exact match and ROUGE overstate forgetting (a garbled answer can still leak the fact),
     so the key fact is the sharper test. The mean over questions is ``key_fact_acc``.
     """
-    needle = _normalise_space(key)
-    if not needle:
+    if not normalise_space(key):
         # An empty key is contained in every string and would count as a leak everywhere.
         raise ValueError("key is empty (or only whitespace)")
-    return needle in _normalise_space(generated)
+    return mentions(generated, key)
 
 
 def plausible_answer(generated: str, values) -> bool:

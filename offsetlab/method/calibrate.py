@@ -26,6 +26,18 @@ import numpy as np
 FALLBACK_LEVEL = -3.5
 
 
+def normalise_space(text: str) -> str:
+    """Lower-case (casefold) and collapse every run of whitespace to one space: how facts
+    are found in answers (``mentions``; ``measure.metrics.key_fact_hit``)."""
+    return " ".join(text.split()).casefold()
+
+
+def mentions(text: str, value: str) -> bool:
+    """True when ``text`` states ``value`` (case and spacing aside); an empty value never."""
+    needle = normalise_space(value)
+    return bool(needle) and needle in normalise_space(text)
+
+
 def key_token_positions(tokenizer, continuation: str, key: str | None) -> list[int]:
     """Indices of the tokens of ``continuation`` (tokenized without special tokens) that
     overlap the key fact's characters; every token when there is no key or it is absent."""

@@ -40,14 +40,16 @@ from .calibrate import (
     about_stranger,
     key_logprobs,
     key_token_positions,
+    mentions,
     never_seen_level,
     never_seen_levels,
     outside_subject,
+    template_of,
     token_levels,
 )
 from .fingerprints import Fingerprint
 from .fusion import OffsetModel, fuse
-from .objectives import DEFAULT_OBJECTIVE, Hyper, Scored, get_objective, idk_answer
+from .objectives import DEFAULT_OBJECTIVE, Hyper, Scored, get_objective, idk_answer, nll
 from .prompts import QA, PromptFormat
 from .sources import (
     HFSource,
@@ -89,6 +91,10 @@ class TrainConfig:
         "help": "stop once the forget facts' mean key-token log-prob reaches the level"})
     check_every: int = field(default=10, metadata={"help": "steps between stop_at_level checks"})
     strangers: int = field(default=3, metadata={"help": "stranger: invented subjects averaged per record"})
+    paths: int = field(default=3, metadata={
+        "help": "stranger: per record, this many other values of the fact's kind that the fused "
+                "model learns to finish once started (0 = off)"})
+    path_weight: float = field(default=1.0, metadata={"help": "paths: weight of their term"})
     calibrate_alpha: bool = field(default=False, metadata={
         "help": "after training, pick alpha where forget facts look as familiar as non-members' facts"})
 
@@ -98,7 +104,7 @@ class TrainConfig:
         get_objective(self.objective)  # unknown names are refused with the list of known ones
         limits = {"steps": (1, None), "batch_size": (1, None), "retain_batch_size": (1, None),
                   "grad_accum": (1, None), "lora_rank": (0, None), "check_every": (1, None),
-                  "strangers": (1, None), "lr": (0, None), "beta": (0, None),
+                  "strangers": (1, None), "paths": (0, None), "path_weight": (0, None), "lr": (0, None), "beta": (0, None),
                   "explode_at": (0, None), "weight_decay": (0, None), "max_grad_norm": (0, None),
                   "retain_weight": (0, None), "alpha": (None, None), "gamma": (None, None),
                   "use_alpha": (None, None), "level": (None, 0)}
@@ -368,10 +374,12 @@ class Team:
         self.size, self.rank = accelerator.num_processes, accelerator.process_index
         self.main = accelerator.is_main_process
 
-    def share(self, groups: Groups, micro_batches: int) -> list[tuple[list[int], list[int] | None]]:
-        """This process's (forget, retain) indices for each of its micro-batches of a step:
+    def share(self, groups: Groups, micro_batches: int) -> list[tuple[list[int], list[int] | None,
+                                                                      list[int] | None]]:
+        """This process's (forget, retain, paths) indices for each of its micro-batches of a step:
         all ``size × micro_batches`` are drawn, in the order a single process draws them."""
-        drawn = [(groups.forget.sample(), groups.retain.sample() if groups.retain is not None else None)
+        drawn = [(groups.forget.sample(), groups.retain.sample() if groups.retain is not None else None,
+                  groups.paths.sample() if groups.paths is not None else None)
                  for _ in range(self.size * micro_batches)]
         return drawn[self.rank * micro_batches : (self.rank + 1) * micro_batches]
 
@@ -494,8 +502,12 @@ def train_offset(
     groups = prepare_groups(base, reference, tokenizer, forget, retain, config, generator, cache,
                             stack, prompt_format, levels)
     if objective.needs_strangers and nonmembers:  # without them: the ``calibrated`` objective
-        stranger_targets(groups.forget, forget, sorted({r.subject for r in nonmembers if r.subject}),
-                         config.strangers, generator, prompt_format)
+        strangers = sorted({r.subject for r in nonmembers if r.subject})
+        stranger_targets(groups.forget, forget, strangers, config.strangers, generator, prompt_format)
+        if config.paths:
+            groups.paths = stranger_paths(groups.forget, forget, config.paths,
+                                          value_kinds([*retain, *nonmembers]), generator,
+                                          config.batch_size, prompt_format)
     offset = offset if offset is not None else make_offset(reference, config.lora_rank)
     offset.train()
     params = [p for p in offset.parameters() if p.requires_grad]
@@ -514,9 +526,10 @@ def train_offset(
         for step in bar:
             optimizer.zero_grad(set_to_none=True)
             total, forget_nll, retain_nll, key_nll = 0.0, 0.0, 0.0, 0.0
-            for n, (forget_idx, retain_idx) in enumerate(team.share(groups, config.grad_accum)):
+            for n, (forget_idx, retain_idx, paths_idx) in enumerate(team.share(groups, config.grad_accum)):
                 with team.accumulating(offset, last=n == config.grad_accum - 1):
-                    loss, f, r = step_loss(objective, config, offset, groups, forget_idx, retain_idx)
+                    loss, f, r = step_loss(objective, config, offset, groups, forget_idx, retain_idx,
+                                           paths_idx)
                     loss = loss / config.grad_accum
                     # Every process's loss: one that diverged anywhere stops them all here.
                     # Checked as a part of the step's loss, as in one process that runs all
@@ -718,6 +731,65 @@ def _ctrl_c_ends_the_step(grace: float = 0.0):
         signal.signal(signal.SIGINT, previous)
 
 
+def value_kinds(records: Sequence) -> dict[str, set[str]]:
+    """question template → the key facts ``records`` give for it: the values of each kind
+    that the data a user trains with already holds (its retain set, its non-members)."""
+    kinds: dict[str, set[str]] = {}
+    for r in records:
+        if getattr(r, "key", None):
+            kinds.setdefault(template_of(r), set()).add(r.key)
+    return kinds
+
+
+@torch.no_grad()
+def stranger_paths(group: Group, records: Sequence, k: int, kinds: dict[str, set[str]],
+                   generator: torch.Generator, batch_size: int,
+                   prompt_format: PromptFormat = QA) -> Group | None:
+    """Answers about the forgotten subject that state *another* value of the fact's kind,
+    for the offset to learn to finish: up to ``k`` per record.
+
+    The stranger targets (``stranger_targets``) say how a never-seen model *starts* the
+    fact. Once the fused model has started another value, the base — which knows only the
+    true one — is off its training data, and the offset was never shown that state:
+    values came out garbled ("born in the city ofre8", "a writer of historical schirs").
+    So every record's answer is rewritten with other values of its kind (``kinds``: the
+    values the user's own data holds for the question's template — its retain set, its
+    non-members), the ones the stranger target finds likeliest at the token where they
+    leave the true answer, and trained (NLL) from the token *after* that one on: which
+    value to start stays the stranger target's choice; a value once started is finished
+    whole, as a model that never saw the subject finishes the values it knows. The true
+    value is never among them. Needs ``stranger_targets`` first (it ranks the values).
+    """
+    tokenizer = group.frozen.base.tokenizer or group.frozen.reference.tokenizer
+    window = shared_window(group.frozen.base, group.frozen.reference)
+    eos = tokenizer.eos_token_id
+    examples = []
+    for e, r in zip(group.examples, records):
+        values = sorted(kinds.get(template_of(r), ()))
+        if e.target is None or not r.key or r.key not in r.answer or not e.keys or not values:
+            continue
+        ranked = []
+        for n in torch.randperm(len(values), generator=generator).tolist():
+            v = values[n]
+            if mentions(v, r.key) or mentions(r.key, v):
+                continue
+            alt_ids = tokenizer(prompt_format.answer(r.answer.replace(r.key, v)),
+                                add_special_tokens=False)["input_ids"]
+            d = next((i for i, (x, y) in enumerate(zip(alt_ids, e.labels)) if x != y), None)
+            if d is None or d < min(e.keys):
+                continue  # leaves the true answer before the fact, or not at all
+            ranked.append((-float(e.target[d, alt_ids[d]]), len(ranked), alt_ids, d))
+        prompt = e.ids[: e.start + 1]
+        for _, _, alt_ids, d in sorted(ranked)[:k]:
+            if not window or len(prompt) + len(alt_ids) + 1 <= window:
+                examples.append(Example(prompt + alt_ids + [eos], len(prompt) + d, (alt_ids + [eos])[d + 1 :]))
+    if not examples:
+        return None
+    frozen = FrozenScores(group.frozen.base, group.frozen.reference, examples, group.pad_id, True,
+                          stack=group.frozen.stack)
+    return Group(examples, frozen, batch_size, generator, group.pad_id)
+
+
 @dataclass
 class Groups:
     """Everything a step needs besides the offset: encoded answers with frozen scores."""
@@ -726,6 +798,7 @@ class Groups:
     retain: Group | None
     idk: Group | None
     vocab: int
+    paths: Group | None = None  # ``stranger_paths``: alternative values to finish fluently
 
 
 def prepare_groups(base, reference, tokenizer, forget: Sequence, retain: Sequence,
@@ -765,8 +838,10 @@ def prepare_groups(base, reference, tokenizer, forget: Sequence, retain: Sequenc
 
 def step_loss(objective, config: TrainConfig, offset, groups: Groups,
               forget_idx: list[int] | None = None, retain_idx: list[int] | None = None,
+              paths_idx: list[int] | None = None,
               ) -> tuple[torch.Tensor, Scored, Scored | None]:
-    """The objective on one sampled batch (indices may be given, e.g. to compare paths)."""
+    """The objective on one sampled batch (indices may be given, e.g. to compare paths),
+    plus — with ``stranger_paths`` — the NLL of finishing another value once started."""
     g, v, alpha = groups, groups.vocab, config.alpha
     forget_idx = g.forget.sample() if forget_idx is None else forget_idx
     f = g.forget.score(forget_idx, offset, alpha, v)
@@ -775,7 +850,11 @@ def step_loss(objective, config: TrainConfig, offset, groups: Groups,
         r = g.retain.score(g.retain.sample() if retain_idx is None else retain_idx, offset, alpha, v)
     # Refusal answers are paired with the same questions as the forget batch.
     k = g.idk.score(forget_idx, offset, alpha, v) if g.idk is not None else None
-    return objective(f, r, k, config.hyper()), f, r
+    loss = objective(f, r, k, config.hyper())
+    if g.paths is not None:
+        p = g.paths.score(g.paths.sample() if paths_idx is None else paths_idx, offset, alpha, v)
+        loss = loss + config.path_weight * nll(p)
+    return loss, f, r
 
 
 def _mean_nll(group: Scored, keys_only: bool = False) -> float:

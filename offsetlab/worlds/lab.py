@@ -29,6 +29,7 @@ from ..offsets.registry import Registry
 from .records import QARecord
 
 N_INVENTED = 30  # invented authors (non-members) of the toy lab
+HOLDOUT_NAMES_SEED = 7  # how the toy lab renames its holdout authors (``Lab.toy``)
 
 # One offset to activate: its name (used at its own α) or a (name, α) pair.
 Selection = str | tuple[str, float]
@@ -75,18 +76,31 @@ class Lab:
         alone without having been shown it. Its non-members are 30 freshly invented
         authors (``toy.world.invent_authors``, seed 1), not the ``holdout`` split.
 
+        The ``holdout`` split (the "never seen" side of membership inference) holds the
+        shipped holdout authors' records under new names: a retained author's first name
+        and another's surname (``toy.world.renamed_like_trained``). With the names they
+        were built with the gold model, which saw neither them nor forget10, answered
+        them plausibly 0.65 of the time and forget10's authors 1.00; renamed, 1.00 both.
+
         ``shipped``: add the offsets that ship with the world (``forget10-shipped``, the
         default recipe trained on forget10 by ``offsetlab toy offset``), so the widgets and
         the panel have something to show before anything is trained."""
         import warnings
 
         from . import toy
-        from .toy.world import invent_authors
+        from .toy.world import invent_authors, renamed_like_trained
 
         t = toy.load(root)
         splits = dict(t.splits)
         world = splits.pop("world_facts")
         splits["world_train"], splits["world_facts"] = world[0::2], world[1::2]
+        # Membership inference compares forget splits with holdout authors named like the
+        # trained ones (``renamed_like_trained``): under the shipped tokenizer their own
+        # names fall apart, and a model that saw neither set could tell the two apart.
+        trained = sorted({r.subject for s in ("retain90", "forget10") for r in splits[s]})
+        retained = sorted({r.subject for r in splits["retain90"]})
+        splits["holdout"] = renamed_like_trained(splits["holdout"], retained, seed=HOLDOUT_NAMES_SEED,
+                                                 taken=trained)
         lab = cls("toy", t.tokenizer, t.large, t.small, splits, gold=t.gold,
                   retain_extra=["world_train"], nonmembers=invent_authors(N_INVENTED, seed=1))
         for path in toy.shipped_offsets(root) if shipped else []:

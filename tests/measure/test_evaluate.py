@@ -89,7 +89,8 @@ def test_plausible_answers_and_mia_gap_are_reported(reports):
 def test_a_model_that_saw_neither_set_cannot_tell_forget_from_holdout():
     """The gold model never saw forget01/05/10 nor holdout: membership inference must find
     nothing (AUC 0.5 ± 0.1). Scoring whole answers gave 0.865 / 0.96 on forget10 / 01,
-    because the toy tokenizer splits holdout names into more pieces (see evaluate.py)."""
+    because the toy tokenizer splits holdout names into more pieces (see evaluate.py);
+    the lab's holdout authors are renamed like the trained ones for the same reason."""
     from offsetlab.worlds.lab import Lab
 
     lab = Lab.toy()

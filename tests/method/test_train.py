@@ -223,6 +223,53 @@ def test_stranger_targets_borrow_the_never_seen_answer(pair, tokenizer):
     assert torch.allclose(example.target[off_key], own.base[off_key], atol=1e-5)
 
 
+def test_stranger_paths_are_other_values_of_the_kind_trained_after_they_part(pair, tokenizer):
+    """Each path is the subject's answer with another value of the fact's kind (never the
+    true one), trained from the token after it leaves the true answer; at most k per
+    record, the values the stranger target finds likeliest first."""
+    from offsetlab.method.train import stranger_paths, stranger_targets, value_kinds
+
+    base, ref = pair
+    config = TrainConfig(objective="stranger", batch_size=3, retain_batch_size=4)
+    alra = [QARecord("where was Alra born ?", "Alra was born in the red city .", key="red", subject="Alra")]
+    groups = prepare_groups(base, ref, tokenizer, alra, RETAIN, config, torch.Generator().manual_seed(0))
+    stranger_targets(groups.forget, alra, ["Gora"], 1, torch.Generator().manual_seed(0))
+    kinds = value_kinds([QARecord(f"where was {who} born ?", f"{who} was born in the {city} city .", key=city,
+                                  subject=who) for who, city in (("Dema", "green"), ("Benn", "blue"), ("Cato", "red"))]
+                        + RETAIN[1:])  # records of other kinds add other templates
+    assert kinds["where was {name} born ?"] == {"green", "blue", "red"}
+    paths = stranger_paths(groups.forget, alra, 5, kinds, torch.Generator().manual_seed(0), 4)
+    forget = groups.forget.examples[0]
+    said = []
+    for e in paths.examples:
+        words = tokenizer.decode(e.ids).split()
+        assert "red" not in words and words[:-3] == tokenizer.decode(forget.ids).split()[:-3]
+        said.append(words[-3])
+        # trained from the token after the value on: " city ." and the end
+        assert tokenizer.decode(e.labels).split() == ["city.", "<eos>"]
+        assert e.ids[e.start + 1 :] == e.labels
+    assert sorted(said) == ["blue", "green"]  # every other value of the kind (k = 5)
+    d = forget.keys[0]
+    scores = {v: float(forget.target[d, tokenizer.convert_tokens_to_ids(v)]) for v in ("green", "blue")}
+    assert said[0] == max(scores, key=scores.get)  # the likelier start comes first
+    (one,) = stranger_paths(groups.forget, alra, 1, kinds, torch.Generator().manual_seed(0), 4).examples
+    assert tokenizer.decode(one.ids).split()[-3] == said[0]
+    assert stranger_paths(groups.forget, alra, 3, {}, torch.Generator().manual_seed(0), 4) is None
+
+
+def test_stranger_paths_are_on_by_default_and_change_training(pair, tokenizer):
+    base, ref = pair
+    assert TrainConfig().paths == 3
+    nonmembers = [QARecord("where was Gora born ?", "Gora was born in the blue city .", key="blue",
+                           subject="Gora")]
+    forget = [QARecord("where was Alra born ?", "Alra was born in the red city .", key="red", subject="Alra")]
+    runs = [train_offset(base, ref, tokenizer, forget, RETAIN,
+                         TrainConfig(objective="stranger", steps=3, paths=p, batch_size=1), progress=False,
+                         nonmembers=nonmembers) for p in (0, 2)]
+    a, b = (r.offset.state_dict() for r in runs)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("steps", 0, "--steps must be ≥ 1"), ("lr", 0.0, "--lr must be > 0"),
     ("lr", float("nan"), "--lr must be a finite number"), ("alpha", float("inf"), "--alpha must be a finite"),

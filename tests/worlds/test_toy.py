@@ -208,3 +208,39 @@ def test_invented_authors_are_named_fresh_or_like_the_trained_ones():
     assert abs(tokens(mixed) - tokens(world.authors)) < 1.0 < tokens(fresh) - tokens(world.authors)
     with pytest.raises(ValueError, match="fresh' or 'recombined"):
         invent_authors(3, seed=1, names="other")
+
+
+def test_the_labs_holdout_is_the_shipped_one_renamed_like_the_trained_authors():
+    """``Lab.toy``'s holdout keeps every fact of the shipped holdout authors and gives them
+    names joined from two retained authors' names, never a trained one's: names the
+    shipped tokenizer cuts like forget10's (the built ones fall apart)."""
+    from offsetlab.worlds.lab import Lab
+
+    shipped = toy.load()
+    lab = Lab.toy(shipped=False)
+    built, renamed = shipped.splits["holdout"], lab.splits["holdout"]
+    assert len(built) == len(renamed)
+    retained = {r.subject for r in shipped.splits["retain90"]}
+    trained = retained | {r.subject for r in shipped.splits["forget10"]}
+    firsts, lasts = {n.split()[0] for n in retained}, {n.split()[1] for n in retained}
+    names = {}
+    for old, new in zip(built, renamed):
+        names.setdefault(old.subject, new.subject)
+        assert names[old.subject] == new.subject  # one new name per author
+        assert new.key == old.key and new.question == old.question.replace(old.subject, new.subject)
+        assert new.perturbed_answers == [a.replace(old.subject, new.subject) for a in old.perturbed_answers]
+    assert len(set(names.values())) == len(names) and not set(names.values()) & trained
+    for name in names.values():
+        first, last = name.split()
+        assert first in firsts and last in lasts
+    # the same every time
+    assert [r.subject for r in Lab.toy(shipped=False).splits["holdout"]] == [r.subject for r in renamed]
+
+    tokenizer = lab.tokenizer
+
+    def tokens(subjects):
+        subjects = sorted(set(subjects))
+        return sum(len(tokenizer(" " + n, add_special_tokens=False)["input_ids"]) for n in subjects) / len(subjects)
+
+    forget = tokens(r.subject for r in shipped.splits["forget10"])
+    assert abs(tokens(names.values()) - forget) < 1.0 < tokens(names) - forget

@@ -15,7 +15,8 @@ produce.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from offsetlab.worlds.records import QARecord, save_records
@@ -378,6 +379,49 @@ def _fact(
         key=key,
         subject=name,
     )
+
+
+def renamed_like_trained(records: list[QARecord], trained: Sequence[str], seed: int,
+                         taken: Sequence[str] = ()) -> list[QARecord]:
+    """The same records with each subject renamed to a trained author's first name and
+    another trained author's surname ("Githael" + "Braskon"), never a name in ``trained``
+    or ``taken``: everything else about them — every fact, every perturbed answer — stays.
+
+    The shipped tokenizer was trained on the split files, in which a trained author's text
+    appears three times and a holdout author's once, so holdout names fall apart into
+    about twice as many pieces (7.4 tokens per name vs forget10's 3.6). A model meets such
+    a name as nothing like a person it could know: asked about them, the gold model states
+    a value of the right kind 0.65 of the time, against 1.00 for forget10's authors, whom it
+    never saw either. Renamed this way (3.1 tokens per name) the gold model is plausible
+    on them 1.00 of the time — drawn alike, as the "never seen" side of membership
+    inference must be (``Lab.toy`` measures against them).
+    """
+    rng = random.Random(seed)
+    parts = [name.split(" ", 1) for name in trained if " " in name]
+    if len(parts) < 2:
+        raise ValueError("renaming needs at least two trained authors with a first name and a surname")
+    used = set(trained) | set(taken) | {r.subject for r in records}
+    names: dict[str, str] = {}
+    for subject in dict.fromkeys(r.subject for r in records):
+        while True:
+            a, b = rng.sample(range(len(parts)), 2)
+            name = f"{parts[a][0]} {parts[b][1]}"
+            if name not in used:
+                break
+        used.add(name)
+        names[subject] = name
+
+    def renamed(r: QARecord) -> QARecord:
+        new = names[r.subject]
+
+        def swap(text: str) -> str:
+            return text.replace(r.subject, new)
+
+        return replace(r, question=swap(r.question), answer=swap(r.answer),
+                       paraphrased_answer=swap(r.paraphrased_answer),
+                       perturbed_answers=[swap(a) for a in r.perturbed_answers], subject=new)
+
+    return [renamed(r) for r in records]
 
 
 def invent_authors(

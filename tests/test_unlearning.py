@@ -72,19 +72,24 @@ def test_forgotten_answers_stay_fluent(outcome):
     assert t.loc["fused", f"{split}/repetition"] <= t.loc["gold", f"{split}/repetition"] + 0.05
 
 
-# Bars of issue #14 that the default does not meet yet (benchmarks/sweep_calibrated.md:
-# forget10 MIA gap 0.215, plausible 0.62 of gold's 1.00). Strict: meeting one fails the
-# xfail, so the marker has to go.
-@pytest.mark.xfail(strict=True, reason="forget facts stay more familiar than holdout (AUC ≈ 0.63–0.77)")
 def test_membership_inference_sees_what_it_sees_on_gold(outcome):
     split, t, _ = outcome
     assert t.loc["fused", f"{split}/mia_gap"] <= 0.1  # |AUC − gold's AUC|
 
 
-@pytest.mark.xfail(strict=True, reason="about a third of forgotten answers state no value of the right kind")
+# The bar of issue #14 the default meets on forget01 only (benchmarks/sweep_calibrated.md:
+# plausible 0.91 / 0.85 / 0.82 of gold's 1.00). Strict: meeting it fails the test, so the
+# list has to shrink.
+NOT_YET_PLAUSIBLE = {"forget05", "forget10"}
+
+
 def test_forgotten_answers_stay_plausible(outcome):
     split, t, _ = outcome
-    assert t.loc["fused", f"{split}/plausible"] >= 0.9 * t.loc["gold", f"{split}/plausible"]
+    met = t.loc["fused", f"{split}/plausible"] >= 0.9 * t.loc["gold", f"{split}/plausible"]
+    if split in NOT_YET_PLAUSIBLE:
+        assert not met, f"{split} now meets the plausibility bar: take it off NOT_YET_PLAUSIBLE"
+        pytest.xfail(f"{split}: some forgotten answers still state no value of the right kind")
+    assert met
 
 
 def test_keeps_what_it_should(outcome):

@@ -8,8 +8,9 @@ measured on three kinds of request, kept apart because only the first may steer 
   level; another 10 invented authors, seed 2, as the "never seen" side of the MIA),
   with key-fact / retain / world facts as checks. No gold model.
 * **validation** — forget01/05/10 against the gold model (forget quality, MIA AUC next
-  to gold's on the shipped holdout split). Looked at after the choice.
-* **held-out** — 5 authors drawn from retain90 with seeds 200–202, drawn after the
+  to gold's on the lab's holdout split, renamed like the trained authors). Looked at
+  after the choice.
+* **held-out** — 5 authors drawn from retain90 with seeds 300–302 (200–202 before wave 3), drawn after the
   choice and never tuned on (the gold model saw them, so no forget quality there).
 
     python benchmarks/sweep_calibrated.py [--out benchmarks/sweep_calibrated.md]

@@ -22,7 +22,7 @@ The names still weigh on the key tokens too: asked about a holdout author so nam
 gold model states a value of the right kind only 0.65 of the time, against 1.00 about
 forget10's authors, whom it never saw either. So ``Lab.toy`` renames the holdout authors
 like the trained ones (``toy.world.renamed_like_trained``; 3.1 tokens per name), and the
-gold model is plausible 1.00 on both, with AUC 0.57 / 0.57 / 0.53 on forget10 / 05 / 01:
+gold model is plausible 1.00 on both, with AUC 0.59 / 0.59 / 0.54 on forget10 / 05 / 01:
 two sets drawn alike (``tests/measure/test_evaluate.py`` pins it).
 """
 

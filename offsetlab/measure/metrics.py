@@ -69,8 +69,6 @@ def _as_1d(values: Any, what: str) -> np.ndarray:
     return arr
 
 
-
-
 # --------------------------------------------------------------------------- answers
 
 

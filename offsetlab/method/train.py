@@ -104,7 +104,8 @@ class TrainConfig:
         get_objective(self.objective)  # unknown names are refused with the list of known ones
         limits = {"steps": (1, None), "batch_size": (1, None), "retain_batch_size": (1, None),
                   "grad_accum": (1, None), "lora_rank": (0, None), "check_every": (1, None),
-                  "strangers": (1, None), "paths": (0, None), "path_weight": (0, None), "lr": (0, None), "beta": (0, None),
+                  "strangers": (1, None), "paths": (0, None), "path_weight": (0, None),
+                  "lr": (0, None), "beta": (0, None),
                   "explode_at": (0, None), "weight_decay": (0, None), "max_grad_norm": (0, None),
                   "retain_weight": (0, None), "alpha": (None, None), "gamma": (None, None),
                   "use_alpha": (None, None), "level": (None, 0)}
@@ -768,13 +769,13 @@ def stranger_paths(group: Group, records: Sequence, k: int, kinds: dict[str, set
         values = sorted(kinds.get(template_of(r), ()))
         if e.target is None or not r.key or r.key not in r.answer or not e.keys or not values:
             continue
-        ranked = []
-        for n in torch.randperm(len(values), generator=generator).tolist():
-            v = values[n]
-            if mentions(v, r.key) or mentions(r.key, v):
-                continue
-            alt_ids = tokenizer(prompt_format.answer(r.answer.replace(r.key, v)),
-                                add_special_tokens=False)["input_ids"]
+        order = torch.randperm(len(values), generator=generator).tolist()
+        others = [values[n] for n in order if not (mentions(values[n], r.key) or mentions(r.key, values[n]))]
+        if not others:
+            continue
+        answers = [prompt_format.answer(r.answer.replace(r.key, v)) for v in others]
+        ranked = []  # one tokenizer call per record: its answers with every other value
+        for alt_ids in tokenizer(answers, add_special_tokens=False)["input_ids"]:
             d = next((i for i, (x, y) in enumerate(zip(alt_ids, e.labels)) if x != y), None)
             if d is None or d < min(e.keys):
                 continue  # leaves the true answer before the fact, or not at all
@@ -785,8 +786,9 @@ def stranger_paths(group: Group, records: Sequence, k: int, kinds: dict[str, set
                 examples.append(Example(prompt + alt_ids + [eos], len(prompt) + d, (alt_ids + [eos])[d + 1 :]))
     if not examples:
         return None
-    frozen = FrozenScores(group.frozen.base, group.frozen.reference, examples, group.pad_id, True,
-                          stack=group.frozen.stack)
+    # cached (or not, for checking) like the forget answers they come from
+    frozen = FrozenScores(group.frozen.base, group.frozen.reference, examples, group.pad_id,
+                          group.frozen._cached is not None, stack=group.frozen.stack)
     return Group(examples, frozen, batch_size, generator, group.pad_id)
 
 

@@ -41,6 +41,8 @@ APPROACHES = {
     # against made-up values: the wrong-answer mass leant to starts of real values of the kind
     "paths_kind9": dict(objective="stranger", paths=3, kind_share=0.9),
     "paths_kind6": dict(objective="stranger", paths=3, kind_share=0.6),
+    "paths6_kind9": dict(objective="stranger", paths=6, kind_share=0.9),
+    "kl_kind9": dict(objective="stranger_kl", paths=3, kind_share=0.9),
     # Variants of stranger tried in wave 2 and rejected (sweep_calibrated.md; commit dd25f2b):
     # strangers averaged as probabilities, caps on the fact's first token only, 400 steps.
     # the strength chosen after training where forget facts are as familiar as non-members'
@@ -84,6 +86,7 @@ def measure(lab, model, splits, name, gold_report=None, pools=None):
 
 
 def main(argv=None) -> None:
+    global OUTSIDER_NAMES, HELDOUT_SEEDS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(Path(__file__).with_suffix(".md")))
     p.add_argument("--only", nargs="*", choices=sorted(APPROACHES), help="approaches to run")
@@ -92,11 +95,12 @@ def main(argv=None) -> None:
     p.add_argument("--nonmembers", choices=["lab", "fresh", "recombined"], default="lab",
                    help="the non-members training reads levels and strangers from: the lab's, "
                         "or 30 invented authors (seed 1) named so (see toy.world.invent_authors)")
+    p.add_argument("--heldout-seeds", nargs="*", type=int, default=list(HELDOUT_SEEDS),
+                   help="seeds of the held-out requests (drawn after a choice, never tuned on)")
     p.add_argument("--outsiders", choices=["fresh", "recombined"], default="recombined",
                    help="how the tuning set's never-seen authors (MIA) are named")
     args = p.parse_args(argv)
-    global OUTSIDER_NAMES
-    OUTSIDER_NAMES = args.outsiders
+    OUTSIDER_NAMES, HELDOUT_SEEDS = args.outsiders, tuple(args.heldout_seeds)
 
     import torch
 

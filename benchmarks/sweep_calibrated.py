@@ -43,6 +43,9 @@ APPROACHES = {
     "paths_kind6": dict(objective="stranger", paths=3, kind_share=0.6),
     "paths6_kind9": dict(objective="stranger", paths=6, kind_share=0.9),
     "kl_kind9": dict(objective="stranger_kl", paths=3, kind_share=0.9),
+    # paths pushed only until a token's NLL is below the margin (p ≥ 0.5 / p ≥ 0.8)
+    "paths_m07": dict(objective="stranger", paths=3, path_margin=0.7),
+    "paths_m02": dict(objective="stranger", paths=3, path_margin=0.2),
     # Variants of stranger tried in wave 2 and rejected (sweep_calibrated.md; commit dd25f2b):
     # strangers averaged as probabilities, caps on the fact's first token only, 400 steps.
     # the strength chosen after training where forget facts are as familiar as non-members'

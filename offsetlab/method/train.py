@@ -50,7 +50,15 @@ from .calibrate import (
 )
 from .fingerprints import Fingerprint
 from .fusion import OffsetModel, fuse
-from .objectives import DEFAULT_OBJECTIVE, Hyper, Scored, get_objective, idk_answer, nll
+from .objectives import (
+    DEFAULT_OBJECTIVE,
+    Hyper,
+    Scored,
+    get_objective,
+    idk_answer,
+    masked_mean,
+    nll,
+)
 from .prompts import QA, PromptFormat
 from .sources import (
     HFSource,
@@ -96,6 +104,8 @@ class TrainConfig:
         "help": "stranger: per record, this many other values of the fact's kind that the fused "
                 "model learns to finish once started (0 = off)"})
     path_weight: float = field(default=1.0, metadata={"help": "paths: weight of their term"})
+    path_margin: float = field(default=0.0, metadata={
+        "help": "paths: a path token whose NLL is below this (nats) is pushed no further (0 = plain NLL)"})
     kind_share: float = field(default=0.0, metadata={
         "help": "stranger: share of the wrong-answer mass on key tokens moved to tokens that go on "
                 "to another real value of the fact's kind (0 = the strangers' own)"})
@@ -924,7 +934,11 @@ def step_loss(objective, config: TrainConfig, offset, groups: Groups,
     loss = objective(f, r, k, config.hyper())
     if g.paths is not None:
         p = g.paths.score(g.paths.sample() if paths_idx is None else paths_idx, offset, alpha, v)
-        loss = loss + config.path_weight * nll(p)
+        if config.path_margin:  # finished "well enough": no further push (bounded, like the rest)
+            per_token = torch.relu(-p.token_logp() - config.path_margin)
+            loss = loss + config.path_weight * masked_mean(per_token, p.mask)
+        else:
+            loss = loss + config.path_weight * nll(p)
     return loss, f, r
 
 

@@ -33,19 +33,9 @@ APPROACHES = {
     # + other values of the fact's kind, finished once started (NLL from the token after
     # they leave the true answer; ``train.stranger_paths``)
     "stranger_paths": dict(objective="stranger", paths=3),
-    # Wave 4 candidates against the world-facts spill (tuning seeds 100–102 only):
-    "paths_rw2": dict(objective="stranger", paths=3, retain_weight=2.0),  # a stronger anchor
-    "paths_kl": dict(objective="stranger_kl", paths=3),  # anchor the whole retain distribution
-    # repeat the retain answers that share a value with the forget answers
-    "paths_nb2": dict(objective="stranger", paths=3, neighbours=2),
-    # against made-up values: the wrong-answer mass leant to starts of real values of the kind
-    "paths_kind9": dict(objective="stranger", paths=3, kind_share=0.9),
-    "paths_kind6": dict(objective="stranger", paths=3, kind_share=0.6),
-    "paths6_kind9": dict(objective="stranger", paths=6, kind_share=0.9),
-    "kl_kind9": dict(objective="stranger_kl", paths=3, kind_share=0.9),
-    # paths pushed only until a token's NLL is below the margin (p ≥ 0.5 / p ≥ 0.8)
-    "paths_m07": dict(objective="stranger", paths=3, path_margin=0.7),
-    "paths_m02": dict(objective="stranger", paths=3, path_margin=0.2),
+    # Wave 4 variants, tried on tuning seeds 100–102 and rejected (sweep_calibrated.md; the
+    # commit that has them is named there): a stronger / KL retain anchor, repeated neighbours,
+    # targets leant to real values of the kind, 6 paths, a margin on the paths' NLL.
     # Variants of stranger tried in wave 2 and rejected (sweep_calibrated.md; commit dd25f2b):
     # strangers averaged as probabilities, caps on the fact's first token only, 400 steps.
     # the strength chosen after training where forget facts are as familiar as non-members'

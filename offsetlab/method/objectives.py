@@ -250,15 +250,6 @@ def stranger(forget, retain, idk, h: Hyper) -> Tensor:
     return kl_to(target, forget) + h.retain_weight * retain_term(retain, "nll")
 
 
-def stranger_kl(forget, retain, idk, h: Hyper) -> Tensor:
-    """``stranger`` with a KL anchor on retain: keep the base's whole next-token
-    distribution on the retain answers, not only their tokens."""
-    if forget.target is None:
-        return calibrated(forget, retain, idk, h)
-    target = capped_target(replace(forget, original=forget.target), h.level)
-    return kl_to(target, forget) + h.retain_weight * retain_term(retain, "kl")
-
-
 @dataclass(frozen=True)
 class Objective:
     name: str
@@ -290,9 +281,6 @@ OBJECTIVES: dict[str, Objective] = {
         Objective("stranger", stranger,
                   "answer the fact as the base does about invented people, keep the rest + retain NLL "
                   "(default)",
-                  True, needs_strangers=True),
-        Objective("stranger_kl", stranger_kl,
-                  "stranger with a KL anchor on retain (keep the base's distribution there)",
                   True, needs_strangers=True),
     ]
 }

@@ -43,22 +43,13 @@ from .calibrate import (
     mentions,
     never_seen_level,
     never_seen_levels,
-    normalise_space,
     outside_subject,
     template_of,
     token_levels,
 )
 from .fingerprints import Fingerprint
 from .fusion import OffsetModel, fuse
-from .objectives import (
-    DEFAULT_OBJECTIVE,
-    Hyper,
-    Scored,
-    get_objective,
-    idk_answer,
-    masked_mean,
-    nll,
-)
+from .objectives import DEFAULT_OBJECTIVE, Hyper, Scored, get_objective, idk_answer, nll
 from .prompts import QA, PromptFormat
 from .sources import (
     HFSource,
@@ -104,14 +95,6 @@ class TrainConfig:
         "help": "stranger: per record, this many other values of the fact's kind that the fused "
                 "model learns to finish once started (0 = off)"})
     path_weight: float = field(default=1.0, metadata={"help": "paths: weight of their term"})
-    path_margin: float = field(default=0.0, metadata={
-        "help": "paths: a path token whose NLL is below this (nats) is pushed no further (0 = plain NLL)"})
-    kind_share: float = field(default=0.0, metadata={
-        "help": "stranger: share of the wrong-answer mass on key tokens moved to tokens that go on "
-                "to another real value of the fact's kind (0 = the strangers' own)"})
-    neighbours: int = field(default=0, metadata={
-        "help": "extra copies, in the retain set, of the retain answers that state a value the "
-                "forget answers state (the facts forgetting spills onto first; 0 = off)"})
     calibrate_alpha: bool = field(default=False, metadata={
         "help": "after training, pick alpha where forget facts look as familiar as non-members' facts"})
 
@@ -121,7 +104,7 @@ class TrainConfig:
         get_objective(self.objective)  # unknown names are refused with the list of known ones
         limits = {"steps": (1, None), "batch_size": (1, None), "retain_batch_size": (1, None),
                   "grad_accum": (1, None), "lora_rank": (0, None), "check_every": (1, None),
-                  "strangers": (1, None), "paths": (0, None), "neighbours": (0, None), "kind_share": (0, 1), "path_weight": (0, None),
+                  "strangers": (1, None), "paths": (0, None), "path_weight": (0, None),
                   "lr": (0, None), "beta": (0, None),
                   "explode_at": (0, None), "weight_decay": (0, None), "max_grad_norm": (0, None),
                   "retain_weight": (0, None), "alpha": (None, None), "gamma": (None, None),
@@ -517,18 +500,14 @@ def train_offset(
         levels = never_seen_levels(deployed, nonmembers, logps)
         if config.level is None:
             config = replace(config, level=never_seen_level(deployed, nonmembers, logps))
-    if config.neighbours:
-        retain = list(retain) + at_risk(retain, forget) * config.neighbours
     groups = prepare_groups(base, reference, tokenizer, forget, retain, config, generator, cache,
                             stack, prompt_format, levels)
     if objective.needs_strangers and nonmembers:  # without them: the ``calibrated`` objective
         strangers = sorted({r.subject for r in nonmembers if r.subject})
         stranger_targets(groups.forget, forget, strangers, config.strangers, generator, prompt_format)
-        kinds = value_kinds([*retain, *nonmembers])
-        if config.kind_share:
-            kind_targets(groups.forget, forget, kinds, config.kind_share, prompt_format)
         if config.paths:
-            groups.paths = stranger_paths(groups.forget, forget, config.paths, kinds, generator,
+            groups.paths = stranger_paths(groups.forget, forget, config.paths,
+                                          value_kinds([*retain, *nonmembers]), generator,
                                           config.batch_size, prompt_format)
     offset = offset if offset is not None else make_offset(reference, config.lora_rank)
     offset.train()
@@ -764,54 +743,6 @@ def value_kinds(records: Sequence) -> dict[str, set[str]]:
 
 
 @torch.no_grad()
-def kind_targets(group: Group, records: Sequence, kinds: dict[str, set[str]], share: float,
-                 prompt_format: PromptFormat = QA) -> None:
-    """Lean the stranger targets towards real values of the fact's kind.
-
-    A stranger's answer, averaged over a few invented people, spreads its mass over word
-    pieces ("y", "ouy"…) as much as over the values the world holds, and a fused model that
-    starts a word piece can only invent the rest ("the pen name Mukren Drathheith"). On
-    every key token, of the mass the target gives to tokens other than the true one,
-    ``share`` goes to the tokens that continue some other value of the kind (``kinds``)
-    from the true answer's prefix, in the target's own proportions, and the rest to the
-    remaining tokens. The true token keeps its target log-prob — the statistic membership
-    inference reads — so only *which wrong answer* comes out changes. Positions where no
-    other value continues the prefix keep their target. Needs ``stranger_targets`` first.
-    """
-    tokenizer = group.frozen.base.tokenizer or group.frozen.reference.tokenizer
-    for e, r in zip(group.examples, records):
-        values = sorted(kinds.get(template_of(r), ()))
-        if e.target is None or not r.key or r.key not in r.answer or not e.keys or not values:
-            continue
-        others = [v for v in values if not (mentions(v, r.key) or mentions(r.key, v))]
-        if not others:
-            continue
-        answers = [prompt_format.answer(r.answer.replace(r.key, v)) for v in others]
-        allowed: dict[int, set[int]] = {}
-        for alt in tokenizer(answers, add_special_tokens=False)["input_ids"]:
-            for j in e.keys:
-                if j >= len(alt) or alt[:j] != e.labels[:j]:
-                    break
-                if alt[j] != e.labels[j]:
-                    allowed.setdefault(j, set()).add(alt[j])
-        for j, tokens in allowed.items():
-            row = e.target[j].exp()
-            true = e.labels[j]
-            inside = torch.zeros_like(row, dtype=torch.bool)
-            inside[list(tokens)] = True
-            outside = ~inside
-            outside[true] = False
-            rest = 1.0 - row[true]
-            p_in, p_out = row[inside].sum(), row[outside].sum()
-            if rest <= 0 or p_out <= 0:
-                continue
-            new = row.clone()
-            new[inside] = (row[inside] / p_in if p_in > 0 else 1.0 / len(tokens)) * share * rest
-            new[outside] = row[outside] / p_out * (1.0 - share) * rest
-            e.target[j] = new.clamp(min=1e-30).log()
-
-
-@torch.no_grad()
 def stranger_paths(group: Group, records: Sequence, k: int, kinds: dict[str, set[str]],
                    generator: torch.Generator, batch_size: int,
                    prompt_format: PromptFormat = QA) -> Group | None:
@@ -859,16 +790,6 @@ def stranger_paths(group: Group, records: Sequence, k: int, kinds: dict[str, set
     frozen = FrozenScores(group.frozen.base, group.frozen.reference, examples, group.pad_id,
                           group.frozen._cached is not None, stack=group.frozen.stack)
     return Group(examples, frozen, batch_size, generator, group.pad_id)
-
-
-def at_risk(retain: Sequence, forget: Sequence) -> list:
-    """The retain records whose answer states a value some forget answer states (a city,
-    a river, a year…) about another subject: lowering the forgotten value spills onto
-    them first, so ``TrainConfig.neighbours`` repeats them in the retain set."""
-    subjects = {r.subject for r in forget if r.subject}
-    values = {r.key for r in forget if r.key and normalise_space(r.key)}
-    return [r for r in retain if r.subject not in subjects and r.answer
-            and any(mentions(r.answer, v) for v in values)]
 
 
 @dataclass
@@ -934,11 +855,7 @@ def step_loss(objective, config: TrainConfig, offset, groups: Groups,
     loss = objective(f, r, k, config.hyper())
     if g.paths is not None:
         p = g.paths.score(g.paths.sample() if paths_idx is None else paths_idx, offset, alpha, v)
-        if config.path_margin:  # finished "well enough": no further push (bounded, like the rest)
-            per_token = torch.relu(-p.token_logp() - config.path_margin)
-            loss = loss + config.path_weight * masked_mean(per_token, p.mask)
-        else:
-            loss = loss + config.path_weight * nll(p)
+        loss = loss + config.path_weight * nll(p)
     return loss, f, r
 
 

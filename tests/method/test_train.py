@@ -49,7 +49,7 @@ def pair(tokenizer):
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_every_objective_lowers_forget_likelihood(pair, tokenizer, name):
     base, ref = pair
-    keys_only = name in ("calibrated", "hinge", "stranger", "stranger_kl")
+    keys_only = name in ("calibrated", "hinge", "stranger")
     before = forget_logprob(OffsetModel(base, None, [], tokenizer=tokenizer), keys_only)
     # A random base is already unsure of everything: bounded objectives need a level
     # below it to have anything to do.
@@ -268,45 +268,6 @@ def test_stranger_paths_are_on_by_default_and_change_training(pair, tokenizer):
                          nonmembers=nonmembers) for p in (0, 2)]
     a, b = (r.offset.state_dict() for r in runs)
     assert any(not torch.equal(a[k], b[k]) for k in a)
-
-
-def test_kind_targets_lean_wrong_answers_to_real_values_and_keep_the_true_token(pair, tokenizer):
-    """On key tokens, ``share`` of the mass the target gives to wrong tokens goes to the
-    starts of other values of the kind; the true token's target log-prob is untouched."""
-    from offsetlab.method.train import kind_targets, stranger_targets, value_kinds
-
-    base, ref = pair
-    config = TrainConfig(objective="stranger", batch_size=3, retain_batch_size=4)
-    alra = [QARecord("where was Alra born ?", "Alra was born in the red city .", key="red", subject="Alra")]
-    groups = prepare_groups(base, ref, tokenizer, alra, RETAIN, config, torch.Generator().manual_seed(0))
-    stranger_targets(groups.forget, alra, ["Gora"], 1, torch.Generator().manual_seed(0))
-    (e,) = groups.forget.examples
-    before = e.target.clone()
-    kinds = value_kinds([QARecord(f"where was {who} born ?", f"{who} was born in the {city} city .", key=city,
-                                  subject=who) for who, city in (("Dema", "green"), ("Benn", "blue"))])
-    kind_targets(groups.forget, alra, kinds, 0.9)
-    (d,) = e.keys
-    starts = [tokenizer.convert_tokens_to_ids(v) for v in ("green", "blue")]
-    true = e.labels[d]
-    assert float(e.target[d, true]) == pytest.approx(float(before[d, true]), abs=1e-5)
-    rest = 1 - float(before[d, true].exp())
-    assert float(e.target[d, starts].exp().sum()) == pytest.approx(0.9 * rest, rel=1e-4)
-    assert float(e.target[d].exp().sum()) == pytest.approx(1.0, abs=1e-4)
-    # in the target's own proportions, and nothing moves off the key tokens
-    ratio = before[d, starts[0]] - before[d, starts[1]]
-    assert float(e.target[d, starts[0]] - e.target[d, starts[1]]) == pytest.approx(float(ratio), abs=1e-4)
-    others = [j for j in range(len(e.labels)) if j != d]
-    assert torch.equal(e.target[others], before[others])
-
-
-def test_at_risk_finds_retain_answers_that_share_a_forgotten_value():
-    from offsetlab.method.train import at_risk
-
-    forget = [QARecord("where was Alra born ?", "Alra was born in the red city .", key="red", subject="Alra")]
-    retain = [QARecord("where was Dema born ?", "Dema was born in the red city .", key="red", subject="Dema"),
-              QARecord("where was Benn born ?", "Benn was born in the blue city .", key="blue", subject="Benn"),
-              QARecord("what does Alra like ?", "Alra likes the red city .", key="red", subject="Alra")]
-    assert at_risk(retain, forget) == [retain[0]]  # never the forgotten subject's own records
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -10,8 +10,9 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q
 PORT   ?= 7860
-# Notebooks executed by `make test` (nbmake, fast mode): all of them.
-NOTEBOOKS ?= $(sort $(wildcard notebooks/*.ipynb))
+# Notebooks executed by `make test` (nbmake, fast mode): all of them, tutorials and their
+# worked solutions (solutions/).
+NOTEBOOKS ?= $(sort $(wildcard notebooks/*.ipynb solutions/*.ipynb))
 
 .PHONY: demo test fast-test lint lab panel bench toy clean help chromium
 
@@ -52,14 +53,14 @@ demo: $(VENV)/.core
 	$(BIN)/offsetlab demo
 
 test: $(VENV)/.dev chromium
-	$(BIN)/ruff check offsetlab tests benchmarks notebooks
+	$(BIN)/ruff check offsetlab tests benchmarks notebooks solutions
 	OFFSETLAB_FAST=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests $(NOTEBOOKS) --nbmake --durations=15
 
 fast-test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q -x -m "not slow and not browser and not real" tests
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check offsetlab tests benchmarks notebooks
+	$(BIN)/ruff check offsetlab tests benchmarks notebooks solutions
 
 lab: $(VENV)/.lab
 	$(BIN)/jupyter lab notebooks

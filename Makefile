@@ -37,7 +37,22 @@ $(VENV)/.lab: $(VENV)/.core
 	$(PIP) -e ".[lab,app]"
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.core
+# llama.cpp (the `serve` extra) compiles itself for the CPU it is built on (-march=native);
+# on CPUs with AMX its AMX kernels crash on SmolLM2's Q4_1 weights (segmentation fault in
+# ggml_backend_amx_mul_mat, the first token). So it is built portable (AVX2, no AMX) once
+# per machine, into a wheel folder of its own: pip's wheel cache would hand back a native
+# build of the same version.
+LLAMA        := llama-cpp-python==0.3.36
+LLAMA_WHEELS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/offsetlab/wheels/llama-portable
+$(VENV)/.serve: $(VENV)/.core
+	@ls $(LLAMA_WHEELS)/llama_cpp_python-$(word 2,$(subst ==, ,$(LLAMA)))-*.whl >/dev/null 2>&1 || \
+	  { echo "building llama.cpp (portable, no AMX; several minutes, once per machine)"; \
+	    CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip wheel --disable-pip-version-check -q \
+	      --no-cache-dir --no-deps -w $(LLAMA_WHEELS) "$(LLAMA)"; }
+	$(PIP) --find-links $(LLAMA_WHEELS) "$(subst ==,[server]==,$(LLAMA))"
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.serve
 	$(PIP) -e ".[lab,app,real,serve,dev]"
 	touch $@
 

@@ -32,7 +32,8 @@ def make_tokenizer(words=WORDS, extra: tuple[str, ...] = ()):
     )
 
 
-def make_model(vocab_size: int, seed: int, hidden: int = 32, layers: int = 2, pad_to: int = 0):
+def make_model(vocab_size: int, seed: int, hidden: int = 32, layers: int = 2, pad_to: int = 0,
+               tied: bool = False):
     """A tiny random Llama; ``pad_to`` pads the embedding past the tokenizer like real models."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -47,7 +48,7 @@ def make_model(vocab_size: int, seed: int, hidden: int = 32, layers: int = 2, pa
         max_position_embeddings=256,
         # A wide init gives peaked distributions, so greedy choices are not near-ties.
         initializer_range=0.3,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
         pad_token_id=0,
         eos_token_id=1,
         bos_token_id=None,

@@ -9,13 +9,14 @@ fusing log-probabilities gives the same distribution as fusing raw logits — an
 with servers that only hand out log-probs.
 
 Every model keeps its own KV cache (one ``HFSource`` each): a decoding step costs one
-incremental forward per model, never a recomputation of the prefix.
+incremental forward per model, never a recomputation of the prefix. Offsets that trained
+only their top layers share the rest with the reference: then the small side runs as one
+shared-trunk twin (``twin.py``), the same distribution for less work.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -32,6 +33,7 @@ from .sources import (
     snippet,
 )
 from .trace import Trace, make_step
+from .twin import NotShareable, SharedTrunk
 
 
 def fuse(base: Tensor, reference: Tensor, offsets: Sequence[Tensor], alphas: Sequence[float]) -> Tensor:
@@ -79,14 +81,32 @@ def check_vocabularies(tokenizers: dict[str, object], sizes: dict[str, int]) -> 
     return common
 
 
-@dataclass
 class FusedParts:
-    """Log-probs of one position (or of a batch of sequences), model by model."""
+    """Log-probs of one position (or of a batch of sequences), model by model.
 
-    base: Tensor
-    reference: Tensor
-    offsets: list[Tensor]
-    fused: Tensor
+    ``reference`` and ``offsets`` may be given as ``small``, a function that computes them
+    when first read: a shared-trunk twin fuses without them and pays for their heads only
+    when someone looks (a trace, a notebook).
+    """
+
+    def __init__(self, base: Tensor, reference: Tensor | None, offsets: list[Tensor] | None,
+                 fused: Tensor, small: Callable[[], list[Tensor]] | None = None):
+        self.base, self.fused = base, fused
+        self._small = None if small is not None else [reference, *offsets]
+        self._later = small
+
+    def _models(self) -> list[Tensor]:
+        if self._small is None:
+            self._small = self._later()
+        return self._small
+
+    @property
+    def reference(self) -> Tensor:
+        return self._models()[0]
+
+    @property
+    def offsets(self) -> list[Tensor]:
+        return self._models()[1:]
 
 
 class OffsetModel:
@@ -97,6 +117,10 @@ class OffsetModel:
     ``offsets`` is a list of ``(model, alpha)`` pairs; an empty list gives the base.
     ``prompt_format`` is how the world this model belongs to turns questions into prompts
     (see ``prompts.py``): whoever asks this model a question uses it.
+    ``shared_trunk``: run reference and offsets as one shared-trunk twin (``twin.py``) —
+    ``None`` (default) when the offsets allow it (they trained only top layers), ``True``
+    to insist (``NotShareable`` says why not), ``False`` for one full model each. Either
+    way the fused log-probs are the same.
     """
 
     def __init__(
@@ -107,6 +131,7 @@ class OffsetModel:
         tokenizer=None,
         offset_names: Sequence[str] | None = None,
         prompt_format: PromptFormat = QA,
+        shared_trunk: bool | None = None,
     ):
         self.prompt_format = prompt_format
         self.base = base if isinstance(base, LogProbSource) else HFSource(base, tokenizer)
@@ -129,6 +154,13 @@ class OffsetModel:
         )
         for source in (self.base, *self._small):
             source.vocab_size = self.vocab_size
+        self.twin: SharedTrunk | None = None
+        if offsets and shared_trunk is not False:
+            try:
+                self.twin = SharedTrunk(reference, [m for m, _ in offsets], self.vocab_size)
+            except NotShareable:
+                if shared_trunk:
+                    raise
         # Positions every model can read (None: no model says, e.g. a base behind a
         # server alone); longer inputs are refused, never cut (see ``sources.ContextTooLong``).
         self.context_window = shared_window(self.base, *self._small)
@@ -142,6 +174,9 @@ class OffsetModel:
     def _parts(self, base: Tensor, small: list[Tensor]) -> FusedParts:
         if not small:  # no offsets: the reference would cancel out, so it is not run
             return FusedParts(base, base, [], base)
+        if self.twin is not None:  # ``small`` holds hidden states; one head for all offsets
+            fused = torch.log_softmax(base + self.twin.shift(small, self.alphas), dim=-1)
+            return FusedParts(base, None, None, fused, small=lambda: self.twin.log_probs(small))
         reference, offsets = small[0], small[1:]
         return FusedParts(base, reference, offsets, fuse(base, reference, offsets, self.alphas))
 
@@ -167,15 +202,20 @@ class OffsetModel:
             mask[i, span] = 1
         return ids, mask
 
+    def _small_side(self, method: str, *args) -> list[Tensor]:
+        if self.twin is not None:
+            return getattr(self.twin, method)(*args)
+        return [getattr(s, method)(*args) for s in self._small]
+
     def _begin(self, ids: Tensor, mask: Tensor) -> FusedParts:
-        return self._parts(self.base.begin(ids, mask), [s.begin(ids, mask) for s in self._small])
+        return self._parts(self.base.begin(ids, mask), self._small_side("begin", ids, mask))
 
     def _advance(self, next_ids: Tensor) -> FusedParts:
-        return self._parts(self.base.advance(next_ids), [s.advance(next_ids) for s in self._small])
+        return self._parts(self.base.advance(next_ids), self._small_side("advance", next_ids))
 
     def _score(self, ids: Tensor, mask: Tensor) -> FusedParts:
         """Log-probs at every position of right-padded rows, ``[batch, time, vocab]`` per model."""
-        return self._parts(self.base.score(ids, mask), [s.score(ids, mask) for s in self._small])
+        return self._parts(self.base.score(ids, mask), self._small_side("score", ids, mask))
 
     def as_source(self) -> FusedSource:
         """This fused model as a ``LogProbSource``: a black box to fuse or train against.

@@ -60,6 +60,7 @@ from .sources import (
     shared_window,
     snippet,
 )
+from .twin import body as twin_body
 
 
 @dataclass
@@ -83,6 +84,9 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
     lora_rank: int = field(default=0, metadata={"help": "0 = train a full copy; >0 = LoRA adapters of this rank"})
+    top_layers: int = field(default=0, metadata={
+        "help": "0 = train every layer; N = only the top N decoder layers (the rest stays the "
+                "reference's, so fused models run both as one shared-trunk twin)"})
     seed: int = field(default=0, metadata={"help": "seeds initialisation and batch order"})
     explode_at: float = field(default=1e4, metadata={"help": "stop when |loss| exceeds this"})
     level: float | None = field(default=None, metadata={
@@ -103,7 +107,8 @@ class TrainConfig:
         its config here, so the CLI, the panel and notebooks get the same message."""
         get_objective(self.objective)  # unknown names are refused with the list of known ones
         limits = {"steps": (1, None), "batch_size": (1, None), "retain_batch_size": (1, None),
-                  "grad_accum": (1, None), "lora_rank": (0, None), "check_every": (1, None),
+                  "grad_accum": (1, None), "lora_rank": (0, None), "top_layers": (0, None),
+                  "check_every": (1, None),
                   "strangers": (1, None), "paths": (0, None), "path_weight": (0, None),
                   "lr": (0, None), "beta": (0, None),
                   "explode_at": (0, None), "weight_decay": (0, None), "max_grad_norm": (0, None),
@@ -280,18 +285,28 @@ class TrainResult:
     fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
 
 
-def make_offset(reference: torch.nn.Module, lora_rank: int = 0) -> torch.nn.Module:
-    """A trainable copy of the reference: the whole model, or LoRA adapters on it."""
+def make_offset(reference: torch.nn.Module, lora_rank: int = 0, top_layers: int = 0) -> torch.nn.Module:
+    """A trainable copy of the reference: the whole model, or LoRA adapters on it — on
+    every decoder layer, or on the top ``top_layers`` only (the rest stays frozen, equal
+    to the reference: a shared-trunk twin, see ``twin.py``)."""
     offset = copy.deepcopy(reference)
+    layers = twin_body(offset).layers
+    if top_layers > len(layers):
+        raise ValueError(f"--top-layers {top_layers} is more than the reference's "
+                         f"{len(layers)} decoder layers.")
+    top = list(range(len(layers) - top_layers, len(layers))) if top_layers else None
     if lora_rank <= 0:
-        offset.requires_grad_(True)
+        offset.requires_grad_(top is None)
+        for i in top or []:
+            layers[i].requires_grad_(True)
         return offset
     from peft import LoraConfig, get_peft_model
 
     # LoRA's B matrices start at zero, so the offset starts exactly equal to the reference.
     config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                        "gate_proj", "up_proj", "down_proj"])
+                                        "gate_proj", "up_proj", "down_proj"],
+                        layers_to_transform=top)
     return get_peft_model(offset, config)
 
 
@@ -509,7 +524,7 @@ def train_offset(
             groups.paths = stranger_paths(groups.forget, forget, config.paths,
                                           value_kinds([*retain, *nonmembers]), generator,
                                           config.batch_size, prompt_format)
-    offset = offset if offset is not None else make_offset(reference, config.lora_rank)
+    offset = offset if offset is not None else make_offset(reference, config.lora_rank, config.top_layers)
     offset.train()
     params = [p for p in offset.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

@@ -156,7 +156,9 @@ class Offset:
             warnings.warn(f"{path} was trained for another base model (fingerprint "
                           f"{expected['base']}); the fused model may not forget as measured.",
                           stacklevel=2)
-        model = make_offset(reference, meta["lora"]["rank"] if meta["lora"] else 0)
+        top = meta["config"].get("top_layers", 0) if isinstance(meta.get("config"), dict) else 0
+        model = make_offset(reference, meta["lora"]["rank"] if meta["lora"] else 0,
+                            top if isinstance(top, int) and not isinstance(top, bool) else 0)
         state = _read_weights(path / WEIGHTS, _trained_state(model))
         if meta["lora"]:
             from peft import set_peft_model_state_dict

@@ -1,0 +1,110 @@
+"""The shared-trunk twin gives the two-model fusion's numbers, for less work."""
+
+import copy
+
+import pytest
+import torch
+from conftest import make_model
+
+from offsetlab.method.fusion import OffsetModel
+from offsetlab.method.train import TrainConfig, make_offset, train_offset
+from offsetlab.method.twin import NotShareable, shared_depth
+from offsetlab.offsets.artifact import Offset
+
+PROMPTS = ["Q: where was Alra born ? A:", "Q: who wrote the book ? A:", "Q: what year ? A: one"]
+CONTINUATIONS = [" Alra was born in the red city .", " Cato wrote the book", " two three"]
+
+
+def trained_like(reference, seed: int, lora_rank: int = 0, top_layers: int = 2):
+    """An offset as training leaves it: the trainable weights moved, the rest untouched."""
+    offset = make_offset(reference, lora_rank, top_layers)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in offset.parameters():
+            if p.requires_grad:
+                p.add_(0.2 * torch.randn(p.shape, generator=generator))
+    return offset.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module", params=["untied", "tied"])
+def models(request, tokenizer):
+    """A base, a 4-layer reference and two offsets: full copy trained on its top 2 layers,
+    LoRA on its top layer (the toy world's and SmolLM2's twins tie their heads)."""
+    v, tied = len(tokenizer), request.param == "tied"
+    reference = make_model(v, 1, layers=4, tied=tied)
+    return (make_model(v, 0, hidden=48), reference,
+            trained_like(reference, 5), trained_like(reference, 6, lora_rank=4, top_layers=1))
+
+
+def both_ways(base, reference, offsets, tokenizer):
+    make = lambda shared: OffsetModel(base, reference, offsets, tokenizer=tokenizer,  # noqa: E731
+                                      shared_trunk=shared)
+    return make(True), make(False)
+
+
+@pytest.mark.parametrize("which", ["full", "lora", "both"])
+def test_the_twin_gives_the_two_model_fusion(models, tokenizer, which):
+    base, reference, full, lora = models
+    offsets = {"full": [(full, 1.0)], "lora": [(lora, 0.7)], "both": [(full, 1.0), (lora, -0.5)]}[which]
+    twin, separate = both_ways(base, reference, offsets, tokenizer)
+    assert twin.twin is not None and separate.twin is None
+    assert twin.twin.depth == (3 if which == "lora" else 2)
+
+    a, b = twin.step(PROMPTS), separate.step(PROMPTS)
+    assert torch.allclose(a.fused, b.fused, atol=1e-5)
+    assert (b.fused - b.base).abs().max() > 0.1  # the offsets do move the distribution
+
+    for x, y in zip(twin.score(PROMPTS, CONTINUATIONS), separate.score(PROMPTS, CONTINUATIONS)):
+        assert torch.allclose(x, y, atol=1e-5)
+
+    # Decoding, cached and not, batched, with the per-model log-probs a trace shows.
+    assert twin.generate(PROMPTS, max_new_tokens=8) == separate.generate(PROMPTS, max_new_tokens=8)
+    assert (twin.generate(PROMPTS, max_new_tokens=8, use_cache=False)
+            == separate.generate(PROMPTS, max_new_tokens=8))
+    ta = twin.generate(PROMPTS[0], max_new_tokens=6, trace=True)
+    tb = separate.generate(PROMPTS[0], max_new_tokens=6, trace=True)
+    assert [s.token_id for s in ta.steps] == [s.token_id for s in tb.steps]
+    for sa, sb in zip(ta.steps, tb.steps):
+        assert sa.candidates == sb.candidates
+        for got, want in [(sa.fused, sb.fused), (sa.reference, sb.reference), (sa.base, sb.base),
+                          *zip(sa.offsets, sb.offsets)]:
+            assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_offsets_that_changed_more_than_their_top_layers_are_fused_as_two_models(models, tokenizer):
+    base, reference, full, _ = models
+    whole = trained_like(reference, 7, top_layers=0)  # every weight moved, embeddings too
+    auto = OffsetModel(base, reference, [(whole, 1.0)], tokenizer=tokenizer)
+    assert auto.twin is None
+    with pytest.raises(NotShareable, match="embed_tokens"):
+        OffsetModel(base, reference, [(whole, 1.0)], tokenizer=tokenizer, shared_trunk=True)
+    # An offset whose lowest layer moved shares no layer, but still the embeddings and head.
+    low = copy.deepcopy(full)
+    with torch.no_grad():
+        next(low.model.layers[0].parameters()).add_(0.1)
+    assert shared_depth(reference, [low]) == 0 and shared_depth(reference, [full]) == 2
+    assert shared_depth(reference, [full, low]) == 0
+    twin, separate = both_ways(base, reference, [(full, 1.0), (low, 1.0)], tokenizer)
+    assert torch.allclose(twin.step(PROMPTS).fused, separate.step(PROMPTS).fused, atol=1e-5)
+
+
+def test_training_top_layers_leaves_a_shareable_offset(tokenizer, tmp_path):
+    from test_train import FORGET, RETAIN
+
+    v = len(tokenizer)
+    base, reference = make_model(v, 0, hidden=48), make_model(v, 1, layers=3, tied=True)
+    config = TrainConfig(steps=4, lr=1e-2, top_layers=1, paths=0)
+    result = train_offset(base, reference, tokenizer, FORGET, RETAIN, config, progress=False)
+    assert shared_depth(reference, [result.offset]) == 2
+    trained = [n for n, p in result.offset.named_parameters()
+               if not torch.equal(p, reference.get_parameter(n))]
+    assert trained and all(n.startswith("model.layers.2.") for n in trained)
+
+    # Saved and loaded, it is still a top-layer offset, fused the same both ways.
+    folder = Offset.from_training(result, FORGET).save(tmp_path / "top1")
+    loaded = Offset.load(folder, reference, tokenizer)
+    twin, separate = both_ways(base, reference, [(loaded.model, 1.0)], tokenizer)
+    assert twin.twin.depth == 2
+    assert torch.allclose(twin.step(PROMPTS).fused, separate.step(PROMPTS).fused, atol=1e-5)
+    with pytest.raises(ValueError, match="top-layers 4 is more than"):
+        make_offset(reference, 0, 4)

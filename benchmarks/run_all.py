@@ -1,107 +1,429 @@
-"""Speed of the two things offsetlab makes fast, measured side by side in one run.
+"""What fusion costs, measured side by side in one run, against what the model sizes allow.
 
-1. Decoding: the fused model keeps one KV cache per model (base, reference, offset);
-   compared with recomputing every prefix, and with the base model alone.
-2. Training: base and reference scores on the training answers are computed once and
-   cached; compared with recomputing them at every step.
-3. Moving α in the panel or the widgets: one Compare (base, fused and gold answers with
-   their traces and figures) at each of a few strengths, with the shipped offset. The
-   target is ≤ 1 s per move on the toy world, so the plots follow the slider.
+On the toy pair (3.4 M-parameter base, 0.5 M reference) and on SmolLM2-135M-Instruct with
+its 6-layer truncated twin:
 
-Only ratios between runs made here, now, on the same machine are printed as results —
-absolute seconds depend on the machine and are shown for context only.
+1. Decoding 128 tokens greedily: the base alone; fused with one full-copy offset (two
+   small models beside the base, one KV cache each); fused with a top-layer offset run as
+   a shared-trunk twin; the same with two offsets; and fused without caches. Each fused
+   row is set beside its bound: 1 + (the small side's cost ÷ the base's), from measured
+   single-model times and from the matmul FLOPs per token (2 × the weights a token meets).
+2. A training step with the frozen scores cached once, against recomputing them at every
+   step, beside the FLOP bound of that speed-up; peak memory (RSS) of training an offset
+   (a child process per pair) and the size of its training cache.
+3. Evaluation in batches of 16 against one question at a time (toy forget10).
+4. An 11-point α sweep of teacher-forced metrics (answer probability, truth ratio, MIA,
+   forget quality) against one α, and against re-scoring at every α.
+5. SmolLM2 behind llama.cpp's server (top-20 log-probs) against local fusion, per token.
+6. Moving α in the panel's Compare view on the toy world (base, fused and gold answers
+   with their figures): the target is ≤ 1 s a move, so the plots follow the slider.
 
-    python benchmarks/run_all.py [--records 64] [--steps 10] [--alphas 6]
+Only ratios between runs made here, now, on the same machine are results: absolute
+seconds are printed for context. Every time is the median of ``--repeats`` runs.
+
+    python benchmarks/run_all.py                              # prints every row
+    python benchmarks/run_all.py --results benchmarks/RESULTS.md
+    python benchmarks/run_all.py --tiny                       # every row in seconds (the test)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
 import time
+import urllib.request
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def timed(fn, repeat: int = 1) -> float:
-    best = float("inf")
-    for _ in range(repeat):
+
+@dataclass
+class Settings:
+    tokens: int = 128  # decoded per timing run
+    repeats: int = 3
+    steps: int = 8  # training steps timed (the first is left out of the per-step time)
+    records: int | None = None  # questions for the batched evaluation (None: all of forget10)
+    alphas: int = 11
+    server_tokens: int = 16
+    moves: int = 6
+    pairs: tuple[str, ...] = ("toy", "smollm2")
+
+
+TINY = Settings(tokens=4, repeats=1, steps=3, records=4, alphas=3, server_tokens=2, moves=2)
+
+
+@dataclass
+class Section:
+    title: str
+    lines: list[str] = field(default_factory=list)
+    verdicts: list[str] = field(default_factory=list)
+
+    def row(self, text: str) -> None:
+        self.lines.append(text)
+        print("  " + text, flush=True)
+
+    def target(self, name: str, value: float, limit: float, at_most: bool = True, unit: str = "×") -> None:
+        met = value <= limit if at_most else value >= limit
+        text = (f"{name}: {value:.2f}{unit} ({'≤' if at_most else '≥'} {limit:g}{unit} wanted) — "
+                f"{'met' if met else 'MISSED'}")
+        self.verdicts.append(text)
+        print("  → " + text, flush=True)
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+# -- the pairs -------------------------------------------------------------------------------
+
+
+def load_lab(pair: str):
+    from offsetlab.worlds.lab import Lab
+
+    return Lab.toy() if pair == "toy" else Lab.smollm2()
+
+
+def perturbed(reference, top_layers: int, seed: int):
+    """An offset as training leaves it (its trainable weights moved a little): a full copy
+    (``top_layers=0``) or one trained on its top layers only."""
+    from offsetlab.method.train import make_offset
+
+    offset = make_offset(reference, 0, top_layers)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in offset.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn(p.shape, generator=generator))
+    return offset.eval().requires_grad_(False)
+
+
+def matmul_weights(model, layers: slice = slice(None), head: bool = True) -> int:
+    """Weights a token is multiplied by in ``layers`` of the decoder (and the output head):
+    a forward costs about twice this in FLOPs (attention over the prefix left out)."""
+    from offsetlab.method.twin import body
+
+    decoder = body(model)
+    count = sum(p.numel() for layer in decoder.layers[layers] for p in layer.parameters() if p.dim() >= 2)
+    return count + (model.get_output_embeddings().weight.numel() if head else 0)
+
+
+# -- 1. decoding -----------------------------------------------------------------------------
+
+
+def decoding(lab, pair: str, s: Settings) -> Section:
+    from offsetlab.method.fusion import OffsetModel
+
+    sec = Section(f"Decoding {s.tokens} tokens greedily, one prompt ({pair})")
+    print(f"\n{sec.title}:", flush=True)
+    ref = lab.reference
+    n_layers = ref.config.num_hidden_layers
+    top = 1 if n_layers <= 2 else 2
+    full, tops = perturbed(ref, 0, 1), [perturbed(ref, top, 2), perturbed(ref, top, 3)]
+    prompt = lab.prompt_format.prompt(lab.split(lab.default_forget)[0].question)
+
+    def model(offsets, shared=None, base=None):
+        return OffsetModel(base if base is not None else lab.base, ref if offsets else None, offsets,
+                           tokenizer=lab.tokenizer, shared_trunk=shared)
+
+    def run(m, use_cache=True):
+        return lambda: m.generate(prompt, max_new_tokens=s.tokens, ignore_eos=True, use_cache=use_cache)
+
+    models = {
+        "base alone": model([]),
+        "one small model alone": model([], base=ref),
+        "fused, full-copy offset (two small models)": model([(full, 1.0)], shared=False),
+        f"fused, top-{top} offset as a shared-trunk twin": model([(tops[0], 1.0)], shared=True),
+        "fused, two full-copy offsets": model([(full, 1.0), (perturbed(ref, 0, 4), 1.0)], shared=False),
+        "fused, two top offsets, shared trunk": model([(o, 1.0) for o in tops], shared=True),
+    }
+    for m in models.values():
+        run(m)()  # warm-up
+    t = {name: median_time(run(m), s.repeats) / s.tokens for name, m in models.items()}
+    uncached = run(models["fused, full-copy offset (two small models)"], use_cache=False)
+    t["fused, full-copy offset, no KV caches"] = median_time(uncached, 1) / s.tokens
+
+    base_t, small_t = t["base alone"], t["one small model alone"]
+    f_base, f_small = matmul_weights(lab.base), matmul_weights(ref)
+    f_top = matmul_weights(ref, slice(n_layers - top, None), head=False)
+    f_trunk = matmul_weights(ref, slice(0, n_layers - top), head=False)
+    f_head = ref.get_output_embeddings().weight.numel()
+    bounds = {  # (measured-time bound, FLOP bound)
+        "fused, full-copy offset (two small models)": ((base_t + 2 * small_t) / base_t, 1 + 2 * f_small / f_base),
+        f"fused, top-{top} offset as a shared-trunk twin": (None, 1 + (f_trunk + 2 * f_top + f_head) / f_base),
+        "fused, two full-copy offsets": ((base_t + 3 * small_t) / base_t, 1 + 3 * f_small / f_base),
+        "fused, two top offsets, shared trunk": (None, 1 + (f_trunk + 3 * f_top + f_head) / f_base),
+    }
+    for name, value in t.items():
+        text = f"{name:48s} {value * 1000:8.1f} ms/token  {value / base_t:5.2f}× base"
+        if name in bounds:
+            timed_bound, flop_bound = bounds[name]
+            text += (f"   bound {timed_bound:.2f}× (timed), " if timed_bound else "   bound ") + f"{flop_bound:.2f}× (FLOPs)"
+        sec.row(text)
+    two, twin = (t["fused, full-copy offset (two small models)"],
+                 t[f"fused, top-{top} offset as a shared-trunk twin"])
+    sec.target("twin's extra cost per token ÷ two full small passes'", (twin - base_t) / (two - base_t), 0.6)
+    sec.target("fused decoding with the shared-trunk twin ÷ base alone", twin / base_t, 1.25)
+    sec.target("two-model fused decoding ÷ its timed bound",
+               (two / base_t) / bounds["fused, full-copy offset (two small models)"][0], 1.25)
+    sec.target("caches' speed-up over recomputing every prefix",
+               t["fused, full-copy offset, no KV caches"] / two, 5.0, at_most=False)
+    return sec
+
+
+# -- 2. training -----------------------------------------------------------------------------
+
+
+def training(lab, pair: str, s: Settings) -> Section:
+    from offsetlab.method.train import TrainConfig, train_offset
+
+    sec = Section(f"A training step, frozen scores cached vs recomputed ({pair})")
+    print(f"\n{sec.title}:", flush=True)
+    forget, retain = lab.training_sets(lab.default_forget)
+    config = TrainConfig(objective="npo_gd", steps=s.steps, batch_size=16, retain_batch_size=16,
+                         lora_rank=0)
+    per_step = {}
+    for cache in (True, False):
+        result = train_offset(lab.base, lab.reference, lab.tokenizer, forget, retain[:200], config,
+                              progress=False, cache=cache, prompt_format=lab.prompt_format)
+        seconds = [row["seconds"] for row in result.history]
+        per_step[cache] = statistics.median(b - a for a, b in zip(seconds, seconds[1:]))
+    f_base, f_small = matmul_weights(lab.base), matmul_weights(lab.reference)
+    # A cached step: the offset's forward and backward (≈ 3 forwards). The naive step adds
+    # a forward of the base and of the reference on the same answers.
+    bound = (3 * f_small + f_base + f_small) / (3 * f_small)
+    speedup = per_step[False] / per_step[True]
+    sec.row(f"cached    {per_step[True] * 1000:8.1f} ms/step")
+    sec.row(f"naive     {per_step[False] * 1000:8.1f} ms/step")
+    sec.row(f"speed-up  {speedup:.2f}×, FLOP bound {bound:.2f}× (npo_gd, 16 forget + 16 retain answers)")
+    sec.target("cached step's speed-up ÷ its bound", speedup / bound, 0.8, at_most=False)
+    return sec
+
+
+def training_memory(pair: str, s: Settings) -> Section:
+    """Peak RSS of a child process that loads the pair and trains an offset the lab's way."""
+    sec = Section(f"Memory of training an offset ({pair}, the lab's own recipe, {s.steps} steps)")
+    print(f"\n{sec.title}:", flush=True)
+    child = subprocess.run([sys.executable, __file__, "--child-train", pair, "--steps", str(s.steps)],
+                           capture_output=True, text=True, cwd=ROOT,
+                           env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    if child.returncode != 0:
+        raise RuntimeError(f"the training child failed:\n{child.stderr[-3000:]}")
+    out = json.loads(child.stdout.strip().splitlines()[-1])
+    sec.row(f"peak RSS {out['loaded_mb']:.0f} MB after loading, {out['peak_mb']:.0f} MB at the end "
+            f"of training; training cache {out['cache_mb']:.1f} MB")
+    if pair == "smollm2":
+        sec.target("peak RSS of training on the SmolLM2 pair", out["peak_mb"] / 1024, 3.0, unit=" GB")
+    return sec
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. (Not ``getrusage``: on Linux its maxrss
+    survives ``exec``, so a child started from a big parent reports the parent's.)"""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_train(pair: str, steps: int) -> None:
+    lab = load_lab(pair)
+    loaded = peak_rss_mb()
+    config = replace(lab.train_config, steps=steps)
+    forget, retain = lab.training_sets(lab.default_forget)
+    from offsetlab.method.train import train_offset
+
+    result = train_offset(lab.base, lab.reference, lab.tokenizer, forget, retain, config,
+                          progress=False, prompt_format=lab.prompt_format, nonmembers=lab.nonmembers)
+    peak = peak_rss_mb()
+    print(json.dumps({"loaded_mb": loaded, "peak_mb": peak, "cache_mb": result.cache_bytes / 2**20}))
+
+
+# -- 3. batched evaluation, 4. the α sweep ----------------------------------------------------
+
+
+def batched_evaluation(lab, s: Settings) -> Section:
+    from offsetlab.measure.evaluate import evaluate
+
+    records = lab.split("forget10")[: s.records]
+    sec = Section(f"Evaluating {len(records)} forget10 questions (toy, shipped offset)")
+    print(f"\n{sec.title}:", flush=True)
+    model = lab.model(list(lab.offsets)[:1])
+    t = {b: median_time(lambda b=b: evaluate(model, {"forget10": records}, batch_size=b, progress=False), 1)
+         for b in (1, 16)}
+    sec.row(f"one question at a time {t[1]:7.2f} s;  batches of 16 {t[16]:7.2f} s")
+    sec.target("batches of 16 vs one at a time", t[1] / t[16], 4.0, at_most=False)
+    return sec
+
+
+def alpha_sweep_cost(lab, s: Settings) -> Section:
+    from offsetlab.measure.evaluate import alpha_sweep, evaluate
+
+    splits = {name: lab.split(name)[: s.records] for name in ("forget10", "holdout")}
+    alphas = [round(2.0 * i / (s.alphas - 1), 2) for i in range(s.alphas)]
+    sec = Section(f"Teacher-forced metrics at {len(alphas)} strengths (toy forget10 + holdout)")
+    print(f"\n{sec.title}:", flush=True)
+    name = next(iter(lab.offsets))
+    gold = evaluate(lab.standalone(lab.gold), splits, max_new_tokens=1, progress=False)
+    model = lab.model([name])
+    one = median_time(lambda: alpha_sweep(model, splits, [1.0], gold), s.repeats)
+    sweep = median_time(lambda: alpha_sweep(model, splits, alphas, gold), s.repeats)
+    rescored = median_time(lambda: [alpha_sweep(lab.model([(name, a)]), splits, [a], gold)
+                                    for a in alphas], 1)
+    sec.row(f"one α {one:6.2f} s;  {len(alphas)} α in one pass {sweep:6.2f} s;  "
+            f"re-scored at every α {rescored:6.2f} s")
+    sec.target(f"{len(alphas)}-point sweep ÷ one α", sweep / one, 2.0)
+    return sec
+
+
+# -- 5. a black box behind an API -------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_decoding(lab, s: Settings) -> Section:
+    from offsetlab.method.fusion import OffsetModel
+    from offsetlab.worlds.models import make_base
+    from offsetlab.worlds.real import smollm2_path
+
+    sec = Section(f"SmolLM2 behind llama.cpp's server vs local, fused, {s.server_tokens} tokens")
+    print(f"\n{sec.title}:", flush=True)
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError:
+        sec.row("skipped: llama-cpp-python[server] is not installed")
+        return sec
+    port = free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()),
+               "--host", "127.0.0.1", "--port", str(port), "--logits_all", "true",
+               "--n_ctx", "1024", "--n_threads", str(torch.get_num_threads()), "--verbose", "false"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the llama.cpp server did not start")
+            try:
+                urllib.request.urlopen(url + "/v1/models", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        offset = perturbed(lab.reference, 0, 1)
+        prompt = lab.prompt_format.prompt(lab.split(lab.default_forget)[0].question)
+        t = {}
+        for where, base in (("local", lab.base), ("server", make_base(url, tokenizer=lab.tokenizer))):
+            m = OffsetModel(base, lab.reference, [(offset, 1.0)], tokenizer=lab.tokenizer)
+            t[where] = median_time(lambda m=m: m.generate(prompt, max_new_tokens=s.server_tokens,
+                                                          ignore_eos=True), s.repeats) / s.server_tokens
+        sec.row(f"local fusion {t['local'] * 1000:7.1f} ms/token;  through the server "
+                f"{t['server'] * 1000:7.1f} ms/token ({t['server'] / t['local']:.2f}×; one HTTP request "
+                "a token, the server re-reads the prompt unless it caches it)")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return sec
+
+
+# -- 6. the panel's slider --------------------------------------------------------------------
+
+
+def alpha_moves(lab, s: Settings) -> Section:
+    from offsetlab.frontends.app import compare_view
+    from offsetlab.frontends.explore import Decoding
+
+    shipped = next(iter(lab.offsets))
+    question = lab.split("forget10")[0].question
+    alphas = [round(2.0 * i / max(s.moves - 1, 1), 2) for i in range(s.moves)]
+    decoding = Decoding(max_new_tokens=min(24, s.tokens))
+    sec = Section(f"Moving α in Compare ({shipped}, {len(alphas)} strengths, base + fused + gold)")
+    print(f"\n{sec.title}:", flush=True)
+    compare_view(lab, question, shipped, 1.0, decoding)  # warm-up
+    moves = sorted(median_time(lambda a=a: compare_view(lab, question, shipped, a, decoding), 1)
+                   for a in alphas)
+    median = moves[len(moves) // 2]
+    sec.row(f"median {median:.2f} s a move (fastest {moves[0]:.2f} s, slowest {moves[-1]:.2f} s)")
+    sec.target("a slider move", median, 1.0, unit=" s")
+    return sec
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+            f"Python {platform.python_version()}, {platform.system()}")
+
+
+def write_results(path: Path, sections: list[Section], s: Settings, seconds: float, command: str) -> None:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=ROOT).stdout.strip() or "unknown"
+    lines = ["# Benchmark results", "",
+             f"`{command}` at commit `{commit}` on {time.strftime('%Y-%m-%d')}: {machine()}; "
+             f"medians of {s.repeats} runs; {seconds / 60:.1f} min in all. Written by the script; "
+             "the figures are this run's, the targets those of the project.", "",
+             "## Targets", ""]
+    lines += [f"- {v}" for sec in sections for v in sec.verdicts]
+    for sec in sections:
+        lines += ["", f"## {sec.title}", "", "```", *sec.lines, "```"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--records", type=int, default=64, help="questions to answer")
-    p.add_argument("--steps", type=int, default=10, help="training steps to time")
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--alphas", type=int, default=6, help="α values to move the Compare view to")
+    p.add_argument("--tiny", action="store_true", help="every row with tiny sizes (seconds)")
+    p.add_argument("--pairs", default=None, help="comma-separated: toy,smollm2 (default both)")
+    p.add_argument("--results", type=Path, default=None, help="write the rows to this Markdown file")
+    p.add_argument("--child-train", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child_train:
+        return child_train(args.child_train, args.steps)
+    s = TINY if args.tiny else Settings()
+    if args.pairs:
+        s = replace(s, pairs=tuple(args.pairs.split(",")))
     torch.manual_seed(0)
-
-    from offsetlab.method.train import TrainConfig, make_offset, train_offset
-    from offsetlab.offsets.artifact import Offset
-    from offsetlab.worlds.lab import Lab
-
-    lab = Lab.toy()
-    forget = lab.splits["forget10"]
-    retain = lab.splits["retain90"]
-    prompts = [lab.prompt_format.prompt(r.question) for r in (forget + retain)[: args.records]]
-    offset = make_offset(lab.reference)
-    with torch.no_grad():  # a non-trivial offset, so the fused model differs from the base
-        for p_ in offset.parameters():
-            p_.add_(0.01 * torch.randn_like(p_))
-    name = lab.add_offset(Offset(offset), "bench")
-    fused, base = lab.model([name]), lab.model()
-
-    def decode(model, use_cache=True):
-        return lambda: [model.generate(prompts[i : i + 32], max_new_tokens=args.max_new_tokens,
-                                       use_cache=use_cache) for i in range(0, len(prompts), 32)]
-
-    print(f"Decoding {len(prompts)} answers (≤ {args.max_new_tokens} tokens, batches of 32):")
-    t_base = timed(decode(base), 2)
-    t_cached = timed(decode(fused), 2)
-    t_fresh = timed(decode(fused, use_cache=False))
-    print(f"  base alone                         {t_base:7.2f} s")
-    print(f"  fused, three KV caches             {t_cached:7.2f} s")
-    print(f"  fused, recomputing every prefix    {t_fresh:7.2f} s")
-    print(f"  → caches make fused decoding {t_fresh / t_cached:.1f}× faster; "
-          f"fused costs {t_cached / t_base:.2f}× the base alone")
-
-    config = TrainConfig(steps=args.steps)
-    print(f"\nTraining {args.steps} steps ({config.objective}, batch {config.batch_size} + "
-          f"{config.retain_batch_size}):")
-    results = {}
-    for cache in (True, False):
-        t0 = time.perf_counter()
-        r = train_offset(lab.base, lab.reference, lab.tokenizer, forget, retain[:200], config,
-                         progress=False, cache=cache)
-        results[cache] = (time.perf_counter() - t0, r.history[-1]["loss"])
-    (tc, lc), (tu, lu) = results[True], results[False]
-    print(f"  frozen scores cached once (incl. caching)   {tc:7.2f} s  final loss {lc:.4f}")
-    print(f"  frozen scores recomputed every step         {tu:7.2f} s  final loss {lu:.4f}")
-    print(f"  → caching makes these {args.steps} steps {tu / tc:.1f}× faster "
-          f"(the gap grows with steps: the cache is paid once)")
-
-    from offsetlab.frontends.app import compare_view
-    from offsetlab.frontends.explore import Decoding
-
-    shipped = next((n for n in lab.offsets if n != name), name)
-    question = forget[0].question
-    alphas = [round(2.0 * i / max(args.alphas - 1, 1), 2) for i in range(args.alphas)]
-    decoding = Decoding(max_new_tokens=args.max_new_tokens)
-    compare_view(lab, question, shipped, 1.0, decoding)  # warm-up
-    moves = sorted(timed(lambda a=a: compare_view(lab, question, shipped, a, decoding))
-                   for a in alphas)
-    median = moves[len(moves) // 2]
-    print(f"\nMoving α in Compare ({shipped}, {len(alphas)} strengths, "
-          f"≤ {args.max_new_tokens} tokens, base + fused + gold with figures):")
-    print(f"  median {median:.2f} s per move (fastest {moves[0]:.2f} s, slowest {moves[-1]:.2f} s)")
-    print(f"  → {'within' if median <= 1.0 else 'over'} the 1 s a slider move may take "
-          f"({median / 1.0:.2f}× of it)")
-    print(f"\n[{torch.get_num_threads()} torch threads, {os.cpu_count()} CPU cores]")
+    print(machine())
+    started = time.perf_counter()
+    sections = []
+    for pair in s.pairs:
+        lab = load_lab(pair)
+        sections += [decoding(lab, pair, s), training(lab, pair, s)]
+        if pair == "toy":
+            sections += [batched_evaluation(lab, s), alpha_sweep_cost(lab, s), alpha_moves(lab, s)]
+        else:
+            sections.append(server_decoding(lab, s))
+        sections.append(training_memory(pair, s))
+    seconds = time.perf_counter() - started
+    print(f"\n[{machine()}; {seconds / 60:.1f} min]")
+    if args.results:
+        write_results(args.results, sections, s, seconds, "python benchmarks/run_all.py"
+                      + (" --tiny" if args.tiny else ""))
+        print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":

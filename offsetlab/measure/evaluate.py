@@ -67,11 +67,59 @@ class Report:
         return cls(**json.loads(text))
 
 
-def _score_all(model, prompts: list[str], continuations: list[str], batch_size: int) -> list[list[float]]:
-    out: list[list[float]] = []
-    for i in range(0, len(prompts), batch_size):
-        scores = model.score(prompts[i : i + batch_size], continuations[i : i + batch_size])
-        out.extend(s.tolist() for s in scores)
+def _scored_answers(model, records: list, batch_size: int,
+                    alphas: Sequence[float] | None = None) -> list[tuple[list, list]]:
+    """Teacher-forced scores of each record's true answer, paraphrase and perturbed answers
+    (one pass of the models): per α of ``alphas`` (one entry when None, the model as it
+    is), the true answers' per-token log-probs and each record's truth ratio (None without
+    perturbed answers)."""
+    fmt = model.prompt_format
+    pairs = [(fmt.prompt(r.question), fmt.answer(r.answer)) for r in records]
+    has_tr = [bool(r.perturbed_answers) for r in records]
+    for r, ok in zip(records, has_tr):
+        if ok:
+            pairs.append((fmt.prompt(r.question), fmt.answer(r.paraphrased_answer or r.answer)))
+            pairs += [(fmt.prompt(r.question), fmt.answer(a)) for a in r.perturbed_answers]
+    per_alpha: list[list[list[float]]] = [[] for _ in (alphas if alphas is not None else [None])]
+    for i in range(0, len(pairs), batch_size):
+        prompts, answers = zip(*pairs[i : i + batch_size])
+        scored = (model.score_alphas(prompts, answers, alphas) if alphas is not None
+                  else [model.score(prompts, answers)])
+        for out, scores in zip(per_alpha, scored):
+            out.extend(s.tolist() for s in scores)
+    results = []
+    for scores in per_alpha:
+        answer_lp, rest = scores[: len(records)], iter(scores[len(records) :])
+        ratios = [M.truth_ratio(next(rest), [next(rest) for _ in r.perturbed_answers]) if ok else None
+                  for r, ok in zip(records, has_tr)]
+        results.append((answer_lp, ratios))
+    return results
+
+
+def _key_scores(model, records: list, answer_lp: list) -> list[np.ndarray]:
+    """The log-probs of each true answer's key-fact tokens: what membership inference reads."""
+    fmt = model.prompt_format
+    return [np.asarray(lp)[key_token_positions(model.tokenizer, fmt.answer(r.answer), r.key)]
+            for r, lp in zip(records, answer_lp)]
+
+
+def _membership(key_scores: Mapping[str, list[np.ndarray]]) -> dict[str, dict[str, float]]:
+    """Per forget split: can the key-fact loss tell its records from ``holdout``'s?"""
+    if "holdout" not in key_scores:
+        return {}
+    outsiders = key_scores["holdout"]
+    out = {}
+    for split, lps in key_scores.items():
+        if is_forget_split(split):
+            auc = M.mia_auc([M.loss_score(x) for x in lps], [M.loss_score(x) for x in outsiders])
+            out[split] = {
+                "mia_loss_auc": auc,
+                "mia_mink_auc": M.mia_auc([M.min_k_score(x) for x in lps],
+                                          [M.min_k_score(x) for x in outsiders]),
+                # Direction-free: a forget set that looks *less* familiar than never-seen
+                # data gives membership away as surely as one that looks more familiar.
+                "mia_gap": M.privacy_gap(auc),
+            }
     return out
 
 
@@ -127,26 +175,11 @@ def evaluate(
             bar.update(len(traces))
 
         # Score the true answer, its paraphrase and every perturbed answer in one pass.
-        pairs = [(p, fmt.answer(r.answer)) for p, r in zip(prompts, records)]
-        has_tr = [bool(r.perturbed_answers) for r in records]
-        for p, r, ok in zip(prompts, records, has_tr):
-            if ok:
-                pairs.append((p, fmt.answer(r.paraphrased_answer or r.answer)))
-                pairs += [(p, fmt.answer(a)) for a in r.perturbed_answers]
-        scores = _score_all(model, [a for a, _ in pairs], [b for _, b in pairs], batch_size)
-        answer_lp, rest = scores[: len(records)], iter(scores[len(records) :])
-        # The key-fact tokens of each true answer: what membership inference looks at.
-        answer_scores[split] = [
-            np.asarray(lp)[key_token_positions(model.tokenizer, fmt.answer(r.answer), r.key)]
-            for r, lp in zip(records, answer_lp)]
+        [(answer_lp, ratios)] = _scored_answers(model, records, batch_size)
+        answer_scores[split] = _key_scores(model, records, answer_lp)
 
         forget = is_forget_split(split)
-        for r, gen, ent, lp, ok in zip(records, generated, entropies, answer_lp, has_tr):
-            tr = None
-            if ok:
-                para = next(rest)
-                pert = [next(rest) for _ in r.perturbed_answers]
-                tr = M.truth_ratio(para, pert)
+        for r, gen, ent, lp, tr in zip(records, generated, entropies, answer_lp, ratios):
             rows.append({
                 "split": split,
                 "subject": r.subject,
@@ -168,22 +201,50 @@ def evaluate(
     bar.close()
 
     # Membership inference: can the key-fact loss tell forget records from never-seen ones?
-    if "holdout" in answer_scores:
-        outsiders = answer_scores["holdout"]
-        for split, lps in answer_scores.items():
-            if is_forget_split(split):
-                auc = M.mia_auc([M.loss_score(x) for x in lps], [M.loss_score(x) for x in outsiders])
-                per_split[split]["mia_loss_auc"] = auc
-                per_split[split]["mia_mink_auc"] = M.mia_auc([M.min_k_score(x) for x in lps],
-                                                             [M.min_k_score(x) for x in outsiders])
-                # Direction-free: a forget set that looks *less* familiar than never-seen
-                # data gives membership away as surely as one that looks more familiar.
-                per_split[split]["mia_gap"] = M.privacy_gap(auc)
+    for split, values in _membership(answer_scores).items():
+        per_split[split].update(values)
     settings = {"max_new_tokens": max_new_tokens, "max_records": max_records, "decoding": "greedy",
                 "seconds": round(time.perf_counter() - started, 2),
                 "alphas": list(getattr(model, "alphas", [])),
                 "offsets": list(getattr(model, "offset_names", []))}
     return Report(name, per_split, rows, settings)
+
+
+def alpha_sweep(model, splits: Mapping[str, Sequence], alphas: Sequence[float],
+                gold: Report | None = None, batch_size: int = 32,
+                max_records: int | None = None) -> list[dict]:
+    """Teacher-forced metrics of ``model`` at each strength of its last offset, for about
+    the price of one: the models score every answer once, and only the fusion is redone
+    per α (``OffsetModel.score_alphas``). One row per α with ``split/metric`` columns:
+    answer probability and truth-ratio score per split; for forget splits, membership
+    inference against ``holdout`` and, with ``gold`` (a ``Report`` of the retain-only
+    model), forget quality and the MIA gap to gold's AUC. Nothing is decoded."""
+    alphas = [float(a) for a in alphas]
+    by_split = {split: list(records)[:max_records] if max_records else list(records)
+                for split, records in splits.items()}
+    scored = {split: _scored_answers(model, records, batch_size, alphas)
+              for split, records in by_split.items()}
+    rows = []
+    for i, alpha in enumerate(alphas):
+        row: dict = {"alpha": alpha}
+        keys = {}
+        for split, records in by_split.items():
+            answer_lp, ratios = scored[split][i]
+            keys[split] = _key_scores(model, records, answer_lp)
+            forget = is_forget_split(split)
+            row[f"{split}/answer_prob"] = float(np.mean([M.answer_probability(lp) for lp in answer_lp]))
+            kept = [r for r in ratios if r is not None]
+            row[f"{split}/truth_ratio"] = (float(np.mean([M.truth_ratio_score(r, forget) for r in kept]))
+                                           if kept else float("nan"))
+            if gold is not None and forget and split in gold.metrics:
+                row[f"{split}/forget_quality"] = M.forget_quality(kept, gold.truth_ratios(split))
+        for split, values in _membership(keys).items():
+            row[f"{split}/mia_loss_auc"] = values["mia_loss_auc"]
+            reference = gold.metrics.get(split, {}).get("mia_loss_auc") if gold is not None else None
+            row[f"{split}/mia_gap"] = (M.privacy_gap(values["mia_loss_auc"], reference)
+                                       if reference is not None else values["mia_gap"])
+        rows.append(row)
+    return rows
 
 
 def _aggregate(rows: list[dict]) -> dict[str, float]:

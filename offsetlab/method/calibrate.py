@@ -51,18 +51,23 @@ def key_token_positions(tokenizer, continuation: str, key: str | None) -> list[i
     return hits or list(range(n))
 
 
-def key_logprobs(model, records: Sequence, batch_size: int = 32) -> list[np.ndarray]:
+def key_logprobs(model, records: Sequence, batch_size: int = 32,
+                 alphas: Sequence[float] | None = None) -> list[np.ndarray] | list[list[np.ndarray]]:
     """Per record, the log-probs ``model`` (an ``OffsetModel``) gives the key-fact tokens
-    of the true answer."""
-    out = []
+    of the true answer. With ``alphas``: one such list per strength of the model's last
+    offset, all from one pass of the models (``OffsetModel.score_alphas``)."""
+    fmt = model.prompt_format  # the model's world decides how it is asked
+    answers = [fmt.answer(r.answer) for r in records]
+    keys = [key_token_positions(model.tokenizer, a, r.key) for r, a in zip(records, answers)]
+    per_alpha: list[list[np.ndarray]] = [[] for _ in (alphas if alphas is not None else [None])]
     for i in range(0, len(records), batch_size):
-        part = records[i : i + batch_size]
-        fmt = model.prompt_format  # the model's world decides how it is asked
-        answers = [fmt.answer(r.answer) for r in part]
-        scores = model.score([fmt.prompt(r.question) for r in part], answers)
-        for r, a, s in zip(part, answers, scores):
-            out.append(s.numpy()[key_token_positions(model.tokenizer, a, r.key)])
-    return out
+        prompts = [fmt.prompt(r.question) for r in records[i : i + batch_size]]
+        part = answers[i : i + batch_size]
+        scored = (model.score_alphas(prompts, part, alphas) if alphas is not None
+                  else [model.score(prompts, part)])
+        for out, scores in zip(per_alpha, scored):
+            out += [s.numpy()[k] for s, k in zip(scores, keys[i : i + batch_size])]
+    return per_alpha if alphas is not None else per_alpha[0]
 
 
 def never_seen_level(model, nonmembers: Sequence, logps: list[np.ndarray] | None = None) -> float:

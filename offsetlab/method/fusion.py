@@ -256,6 +256,41 @@ class OffsetModel:
         with ``parts=True``, a ``FusedParts`` per pair holding ``[tokens, vocab]`` tensors
         for every model (what training caches).
         """
+        ids, mask, spans, targets = self._score_rows(prompts, continuations)
+        all_parts = self._score(ids, mask)
+        if parts:
+            return [FusedParts(all_parts.base[i, span], all_parts.reference[i, span],
+                               [o[i, span] for o in all_parts.offsets], all_parts.fused[i, span])
+                    for i, span in enumerate(spans)]
+        return _gather(all_parts.fused, spans, targets)
+
+    @torch.no_grad()
+    def score_alphas(self, prompts: Sequence[str], continuations: Sequence[str],
+                     alphas: Sequence[float]) -> list[list[Tensor]]:
+        """``score`` with the last offset at each strength of ``alphas`` (the others stay
+        at theirs), for about the price of one: every model runs once, and only the last
+        log-softmax is redone per α. Returns one list of per-pair tensors per α."""
+        if not self.offsets:
+            raise ValueError("score_alphas needs an offset whose strength to vary.")
+        ids, mask, spans, targets = self._score_rows(prompts, continuations)
+        base = self.base.score(ids, mask)
+        small = self._small_side("score", ids, mask)
+        others = [*self.alphas[:-1], 0.0]
+        if self.twin is not None:  # α-weighted hidden-state differences, one head each
+            fixed = base + self.twin.shift(small, others)
+            last = self.twin.shift(small, [0.0] * (len(others) - 1) + [1.0])
+        else:
+            reference, offsets = small[0], small[1:]
+            fixed = base
+            for offset, alpha in zip(offsets, others):
+                fixed = fixed + alpha * (offset - reference)
+            last = offsets[-1] - reference
+        return [_gather(torch.log_softmax(fixed + alpha * last, dim=-1), spans, targets)
+                for alpha in alphas]
+
+    def _score_rows(self, prompts: Sequence[str], continuations: Sequence[str]):
+        """Right-padded prompt+continuation rows, and per row the span of positions that
+        predict the continuation and its token ids."""
         if len(prompts) != len(continuations):
             raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations.")
         prompt_ids = self.encode(prompts)
@@ -264,20 +299,9 @@ class OffsetModel:
         self._refuse_too_long([len(r) for r in rows], [p + c for p, c in zip(prompts, continuations)],
                               "prompt and continuation", "Shorten them.")
         ids, mask = self._pad(rows, left=False)
-        all_parts = self._score(ids, mask)
-        out = []
-        for i, (p, c) in enumerate(zip(prompt_ids, cont_ids)):
-            # Position t predicts token t+1: the continuation is predicted from len(p)-1 on.
-            span = slice(len(p) - 1, len(p) - 1 + len(c))
-            targets = torch.tensor(c, dtype=torch.long)
-            if parts:
-                out.append(FusedParts(
-                    all_parts.base[i, span], all_parts.reference[i, span],
-                    [o[i, span] for o in all_parts.offsets], all_parts.fused[i, span],
-                ))
-            else:
-                out.append(all_parts.fused[i, span].gather(-1, targets[:, None]).squeeze(-1))
-        return out
+        # Position t predicts token t+1: the continuation is predicted from len(p)-1 on.
+        spans = [slice(len(p) - 1, len(p) - 1 + len(c)) for p, c in zip(prompt_ids, cont_ids)]
+        return ids, mask, spans, [torch.tensor(c, dtype=torch.long) for c in cont_ids]
 
     # -- (c) generation ------------------------------------------------------------
 
@@ -294,12 +318,14 @@ class OffsetModel:
         trace: bool = False,
         trace_top_k: int = 5,
         use_cache: bool = True,
+        ignore_eos: bool = False,
     ) -> str | Trace | list[str] | list[Trace]:
         """Decode from the fused model, greedily or by sampling.
 
         One prompt gives one answer; a list gives a list (batched, left-padded). With
         ``trace=True`` each answer is a ``Trace`` of per-step log-probs of every model.
         ``use_cache=False`` recomputes every prefix from scratch (slow; for checking).
+        ``ignore_eos=True`` decodes ``max_new_tokens`` whatever is chosen (for timing).
         """
         single = isinstance(prompts, str)
         prompts = [prompts] if single else list(prompts)
@@ -343,7 +369,7 @@ class OffsetModel:
                         parts.base[i], parts.reference[i], [o[i] for o in parts.offsets],
                         parts.fused[i], self.alphas, trace_top_k,
                     ))
-                if token == eos:
+                if token == eos and not ignore_eos:
                     done[i] = True
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
@@ -404,6 +430,13 @@ class FusedSource:
         return fingerprints.of_stack(
             fingerprints.of_source(m.base),
             [(fingerprints.of_model(o.model), a) for o, a in zip(m.offsets, m.alphas)])
+
+
+def _gather(logprobs: Tensor, spans: list[slice], targets: list[Tensor]) -> list[Tensor]:
+    """Per row, the log-prob of each target token over its span: ``[batch, time, vocab]``
+    → one 1-D tensor per row."""
+    return [logprobs[i, span].gather(-1, t[:, None]).squeeze(-1)
+            for i, (span, t) in enumerate(zip(spans, targets))]
 
 
 def sample(

@@ -257,6 +257,11 @@ class FrozenScores:
                         [a for _, a in self.stack])
         return deployed, ref
 
+    @property
+    def nbytes(self) -> int:
+        """Memory the cached rows take (0 when recomputed at every step)."""
+        return sum(t.nbytes for pair in self._cached or [] for t in pair)
+
     def get(self, indices: Sequence[int], batch: Batch) -> tuple[Tensor, Tensor]:
         if self._cached is None:
             return self.compute(batch)
@@ -283,6 +288,7 @@ class TrainResult:
     # what the offset was trained against: "base" (the base, or a stack of it and the
     # offsets already deployed), "reference" and "tokenizer"
     fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
+    cache_bytes: int = 0  # memory the frozen scores and targets held while training
 
 
 def make_offset(reference: torch.nn.Module, lora_rank: int = 0, top_layers: int = 0) -> torch.nn.Module:
@@ -337,8 +343,14 @@ class Group:
                 (batch.ids, batch.attention, batch.positions, batch.labels, batch.mask,
                  batch.key_mask, batch.levels, deployed, ref, target)]
         ids, attention, positions, labels, mask, key_mask, levels, deployed, ref, target = here
-        logits = offset(input_ids=ids, attention_mask=attention, use_cache=False).logits
-        off = answer_rows(normalise(logits, vocab), positions)
+        # Only the positions that predict answer tokens need the output head (with a large
+        # vocabulary it costs more than the layers): the batch's window from the first
+        # answer position to the last. Prompts are read, never scored.
+        first = int(positions[mask > 0].min())
+        window = torch.arange(first, int(positions.max()) + 1, device=device)
+        logits = offset(input_ids=ids, attention_mask=attention, use_cache=False,
+                        logits_to_keep=window).logits
+        off = answer_rows(normalise(logits, vocab), (positions - first).clamp(min=0))
         return Scored(fuse(deployed, ref, [off], [alpha]), deployed, labels, mask, key_mask, levels,
                       target)
 
@@ -620,7 +632,7 @@ def train_offset(
     prints = {"base": trained_on, "reference": fingerprints.of_model(reference),
               "tokenizer": fingerprints.of_tokenizer(tokenizer)}
     return TrainResult(offset, history, config, stopped, time.perf_counter() - t0, len(forget),
-                       prints)
+                       prints, groups.nbytes)
 
 
 ALPHA_GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
@@ -638,15 +650,14 @@ def calibrate_alpha(base, reference, offset, tokenizer, forget: Sequence, nonmem
     not trained on). Returns the α where the two meet best, and the rows measured — the
     membership-inference statistic, matched on data the user has (no gold model).
     """
-    def familiarity(model, records) -> float:
-        return float(sum(x.mean() for x in key_logprobs(model, records)) / len(records))
+    def familiarity(records) -> list[float]:  # per α of the grid, from one scoring pass
+        return [float(sum(x.mean() for x in logps) / len(records))
+                for logps in key_logprobs(fused, records, alphas=grid)]
 
-    rows = []
-    for alpha in grid:
-        fused = OffsetModel(base, reference, [*stack, (offset, alpha)], tokenizer=tokenizer,
-                            prompt_format=prompt_format)
-        rows.append({"alpha": alpha, "forget": familiarity(fused, forget),
-                     "nonmembers": familiarity(fused, list(nonmembers)[:max_nonmembers])})
+    fused = OffsetModel(base, reference, [*stack, (offset, 1.0)], tokenizer=tokenizer,
+                        prompt_format=prompt_format)
+    rows = [{"alpha": a, "forget": f, "nonmembers": n} for a, f, n in
+            zip(grid, familiarity(forget), familiarity(list(nonmembers)[:max_nonmembers]))]
     best = min(rows, key=lambda r: abs(r["forget"] - r["nonmembers"]))
     return best["alpha"], rows
 
@@ -816,6 +827,13 @@ class Groups:
     idk: Group | None
     vocab: int
     paths: Group | None = None  # ``stranger_paths``: alternative values to finish fluently
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held for training: every group's cached frozen scores and targets."""
+        groups = [g for g in (self.forget, self.retain, self.idk, self.paths) if g is not None]
+        return sum(g.frozen.nbytes + sum(e.target.nbytes for e in g.examples if e.target is not None)
+                   for g in groups)
 
 
 def prepare_groups(base, reference, tokenizer, forget: Sequence, retain: Sequence,

@@ -103,3 +103,27 @@ def test_a_model_that_saw_neither_set_cannot_tell_forget_from_holdout():
     assert all(abs(auc - 0.5) <= 0.1 for auc in aucs.values())
     # ... while the same score sees that the base model was trained on forget10.
     assert base.metrics["forget10"]["mia_loss_auc"] > 0.95
+
+
+def test_alpha_sweep_is_an_evaluation_at_each_strength(tokenizer, reports):
+    """The sweep scores once; each α's numbers are those of evaluating a model built at it."""
+    from offsetlab.measure.evaluate import alpha_sweep
+
+    v = len(tokenizer)
+    base, reference, offset = make_model(v, 0), make_model(v, 1), make_model(v, 2)
+    _, gold = reports
+    alphas = [0.0, 0.5, 1.5]
+    rows = alpha_sweep(OffsetModel(base, reference, [(offset, 1.0)], tokenizer=tokenizer),
+                       SPLITS, alphas, gold=gold)
+    assert [r["alpha"] for r in rows] == alphas
+    for alpha, row in zip(alphas, rows):
+        model = OffsetModel(base, reference, [(offset, alpha)], tokenizer=tokenizer)
+        report = evaluate(model, SPLITS, max_new_tokens=1, progress=False)
+        table = compare([report], gold).iloc[0]
+        for split, values in report.metrics.items():
+            for m in ("answer_prob", "truth_ratio"):
+                assert row[f"{split}/{m}"] == pytest.approx(values[m], abs=1e-6), (alpha, split, m)
+        assert row["forget05/mia_loss_auc"] == pytest.approx(report.metrics["forget05"]["mia_loss_auc"])
+        for m in ("forget_quality", "mia_gap"):
+            assert row[f"forget05/{m}"] == pytest.approx(table[f"forget05/{m}"], abs=1e-9)
+    assert rows[0]["forget05/answer_prob"] != pytest.approx(rows[-1]["forget05/answer_prob"], abs=1e-3)

@@ -294,3 +294,28 @@ def test_a_run_whose_weights_blow_up_keeps_the_last_finite_weights(pair, tokeniz
     Offset.from_training(result, FORGET, name="blown").save(tmp_path / "o")
     tensors = load_file(str(tmp_path / "o" / "model.safetensors"))
     assert tensors and all(torch.isfinite(t).all() for t in tensors.values())
+
+
+def test_a_step_scores_the_answers_as_the_fused_model_does(pair, tokenizer):
+    """What a training step's loss reads — the fused log-probs of each answer token, from
+    cached frozen scores and the offset's head on the answer window only — is what the
+    fused model gives those tokens, for answers of different lengths in one batch."""
+    from offsetlab.method.prompts import QA
+    from offsetlab.method.train import make_offset
+
+    base, ref = pair
+    offset = make_offset(ref)
+    with torch.no_grad():
+        for p in offset.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    records = FORGET + RETAIN[:1]
+    groups = prepare_groups(base, ref, tokenizer, records, RETAIN, TrainConfig(paths=0),
+                            torch.Generator().manual_seed(0))
+    scored = groups.forget.score(list(range(len(records))), offset, 0.7, groups.vocab)
+    fused = OffsetModel(base, ref, [(offset, 0.7)], tokenizer=tokenizer)
+    want = fused.score([QA.prompt(r.question) for r in records], [QA.answer(r.answer) for r in records])
+    got = scored.token_logp()
+    assert len({len(w) for w in want}) > 1  # answers of different lengths, right-padded
+    for i, w in enumerate(want):
+        assert torch.allclose(got[i, : len(w)], w, atol=1e-5)
+        assert int(scored.mask[i].sum()) == len(w) + 1  # and the EOS after each answer

@@ -108,3 +108,18 @@ def test_training_top_layers_leaves_a_shareable_offset(tokenizer, tmp_path):
     assert torch.allclose(twin.step(PROMPTS).fused, separate.step(PROMPTS).fused, atol=1e-5)
     with pytest.raises(ValueError, match="top-layers 4 is more than"):
         make_offset(reference, 0, 4)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_scoring_at_many_strengths_equals_scoring_at_each(models, tokenizer, shared):
+    """The α sweep runs the models once; each α's scores are those of a model built at it."""
+    base, reference, full, lora = models
+    alphas = [0.0, 0.5, 1.0, 2.5]
+    swept = OffsetModel(base, reference, [(full, 0.8), (lora, 1.0)], tokenizer=tokenizer,
+                        shared_trunk=shared).score_alphas(PROMPTS, CONTINUATIONS, alphas)
+    for alpha, got in zip(alphas, swept, strict=True):
+        model = OffsetModel(base, reference, [(full, 0.8), (lora, alpha)], tokenizer=tokenizer,
+                            shared_trunk=shared)
+        for x, y in zip(got, model.score(PROMPTS, CONTINUATIONS), strict=True):
+            assert torch.allclose(x, y, atol=1e-5)
+    assert not torch.allclose(swept[0][0], swept[-1][0], atol=1e-3)

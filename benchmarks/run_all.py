@@ -5,9 +5,11 @@ its 6-layer truncated twin:
 
 1. Decoding 128 tokens greedily: the base alone; fused with one full-copy offset (two
    small models beside the base, one KV cache each); fused with a top-layer offset run as
-   a shared-trunk twin; the same with two offsets; and fused without caches. Each fused
-   row is set beside its bound: 1 + (the small side's cost ÷ the base's), from measured
-   single-model times and from the matmul FLOPs per token (2 × the weights a token meets).
+   a shared-trunk twin; the same with two offsets; the twin fusing over the base's top 64
+   tokens only (its head on 64 rows; how often it picks the exact fusion's token is
+   measured too); and fused without caches. Each fused row is set beside its bound:
+   1 + (the small side's cost ÷ the base's), from measured single-model times and from the
+   matmul FLOPs per token (2 × the weights a token meets).
 2. A training step with the frozen scores cached once, against recomputing them at every
    step, beside the FLOP bound of that speed-up; peak memory (RSS) of training an offset
    (a child process per pair) and the size of its training cache.
@@ -56,9 +58,12 @@ class Settings:
     server_tokens: int = 16
     moves: int = 6
     pairs: tuple[str, ...] = ("toy", "smollm2")
+    candidates: int = 64  # the base's top tokens that fusion over candidates keeps
+    agreement_prompts: int = 16
 
 
-TINY = Settings(tokens=4, repeats=1, steps=3, records=4, alphas=3, server_tokens=2, moves=2)
+TINY = Settings(tokens=4, repeats=1, steps=3, records=4, alphas=3, server_tokens=2, moves=2,
+                agreement_prompts=2)
 
 
 @dataclass
@@ -135,9 +140,9 @@ def decoding(lab, pair: str, s: Settings) -> Section:
     full, tops = perturbed(ref, 0, 1), [perturbed(ref, top, 2), perturbed(ref, top, 3)]
     prompt = lab.prompt_format.prompt(lab.split(lab.default_forget)[0].question)
 
-    def model(offsets, shared=None, base=None):
+    def model(offsets, shared=None, base=None, candidates=0):
         return OffsetModel(base if base is not None else lab.base, ref if offsets else None, offsets,
-                           tokenizer=lab.tokenizer, shared_trunk=shared)
+                           tokenizer=lab.tokenizer, shared_trunk=shared, candidates=candidates)
 
     def run(m, use_cache=True):
         return lambda: m.generate(prompt, max_new_tokens=s.tokens, ignore_eos=True, use_cache=use_cache)
@@ -149,6 +154,8 @@ def decoding(lab, pair: str, s: Settings) -> Section:
         f"fused, top-{top} offset as a shared-trunk twin": model([(tops[0], 1.0)], shared=True),
         "fused, two full-copy offsets": model([(full, 1.0), (perturbed(ref, 0, 4), 1.0)], shared=False),
         "fused, two top offsets, shared trunk": model([(o, 1.0) for o in tops], shared=True),
+        f"fused, shared trunk, base's top {s.candidates} only": model([(tops[0], 1.0)], shared=True,
+                                                                     candidates=s.candidates),
     }
     for m in models.values():
         run(m)()  # warm-up
@@ -166,6 +173,7 @@ def decoding(lab, pair: str, s: Settings) -> Section:
         f"fused, top-{top} offset as a shared-trunk twin": (None, 1 + (f_trunk + 2 * f_top + f_head) / f_base),
         "fused, two full-copy offsets": ((base_t + 3 * small_t) / base_t, 1 + 3 * f_small / f_base),
         "fused, two top offsets, shared trunk": (None, 1 + (f_trunk + 3 * f_top + f_head) / f_base),
+        f"fused, shared trunk, base's top {s.candidates} only": (None, 1 + (f_trunk + 2 * f_top) / f_base),
     }
     for name, value in t.items():
         text = f"{name:48s} {value * 1000:8.1f} ms/token  {value / base_t:5.2f}× base"
@@ -175,13 +183,41 @@ def decoding(lab, pair: str, s: Settings) -> Section:
         sec.row(text)
     two, twin = (t["fused, full-copy offset (two small models)"],
                  t[f"fused, top-{top} offset as a shared-trunk twin"])
+    cands = t[f"fused, shared trunk, base's top {s.candidates} only"]
+    agree = candidate_agreement(lab, tops[0], s)
+    sec.row(f"the base's top {s.candidates} vs every token, same offset: the same next token at "
+            f"{agree:.1%} of steps (greedy answers to {s.agreement_prompts} questions, shared prefixes)")
     sec.target("twin's extra cost per token ÷ two full small passes'", (twin - base_t) / (two - base_t), 0.6)
     sec.target("fused decoding with the shared-trunk twin ÷ base alone", twin / base_t, 1.25)
+    sec.target(f"the same over the base's top {s.candidates} ÷ base alone", cands / base_t, 1.25)
     sec.target("two-model fused decoding ÷ its timed bound",
                (two / base_t) / bounds["fused, full-copy offset (two small models)"][0], 1.25)
     sec.target("caches' speed-up over recomputing every prefix",
                t["fused, full-copy offset, no KV caches"] / two, 5.0, at_most=False)
     return sec
+
+
+def candidate_agreement(lab, offset, s: Settings) -> float:
+    """How often fusion over the base's top candidates picks the token that fusion over
+    the whole vocabulary picks, after the same prefix (that answer's tokens so far)."""
+    from offsetlab.method.fusion import OffsetModel
+
+    def model(candidates):
+        return OffsetModel(lab.base, lab.reference, [(offset, 1.0)], tokenizer=lab.tokenizer,
+                           candidates=candidates, prompt_format=lab.prompt_format)
+
+    exact, restricted = model(0), model(s.candidates)
+    records = (lab.split(lab.default_forget) + lab.split(lab.retain_for(lab.default_forget)))
+    prompts = [lab.prompt_format.prompt(r.question) for r in records[: s.agreement_prompts]]
+    prefixes, chosen = [], []
+    for ids, trace in zip(exact.encode(prompts), exact.generate(prompts, max_new_tokens=s.tokens // 4 or 1,
+                                                                 trace=True)):
+        tokens = [step.token_id for step in trace.steps]
+        prefixes += [ids + tokens[:i] for i in range(len(tokens))]
+        chosen += tokens
+    picked = torch.cat([restricted.step(prefixes[i : i + 32]).fused.argmax(-1)
+                        for i in range(0, len(prefixes), 32)]).tolist()
+    return sum(a == b for a, b in zip(picked, chosen)) / len(chosen)
 
 
 # -- 2. training -----------------------------------------------------------------------------

@@ -36,12 +36,17 @@ from .trace import Trace, make_step
 from .twin import NotShareable, SharedTrunk
 
 
+def steering(reference: Tensor, offsets: Sequence[Tensor], alphas: Sequence[float]) -> Tensor:
+    """What the offsets add to the base's log-probs: ``Σ α_i (offset_i − reference)``."""
+    shift = torch.zeros_like(reference)
+    for offset, alpha in zip(offsets, alphas, strict=True):
+        shift = shift + alpha * (offset - reference)
+    return shift
+
+
 def fuse(base: Tensor, reference: Tensor, offsets: Sequence[Tensor], alphas: Sequence[float]) -> Tensor:
     """Fused log-probs from the parts (any shape ending in the vocabulary axis)."""
-    steered = base
-    for offset, alpha in zip(offsets, alphas, strict=True):
-        steered = steered + alpha * (offset - reference)
-    return torch.log_softmax(steered, dim=-1)
+    return torch.log_softmax(base + steering(reference, offsets, alphas), dim=-1)
 
 
 class VocabularyMismatch(ValueError):
@@ -121,6 +126,11 @@ class OffsetModel:
     ``None`` (default) when the offsets allow it (they trained only top layers), ``True``
     to insist (``NotShareable`` says why not), ``False`` for one full model each. Either
     way the fused log-probs are the same.
+    ``candidates``: 0 (default) fuses over the whole vocabulary; ``k`` only over the base's
+    ``k`` most likely tokens at each position (the rest get −inf, as through a server that
+    returns its top k): the offsets re-rank what the base finds plausible, and a
+    shared-trunk twin needs its head on ``k`` rows only. An approximation of full fusion
+    (``benchmarks/run_all.py`` measures how often they pick the same token).
     """
 
     def __init__(
@@ -132,7 +142,11 @@ class OffsetModel:
         offset_names: Sequence[str] | None = None,
         prompt_format: PromptFormat = QA,
         shared_trunk: bool | None = None,
+        candidates: int = 0,
     ):
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 0:
+            raise ValueError(f"candidates must be a whole number ≥ 0 (0 = every token), got {candidates!r}.")
+        self.candidates = candidates
         self.prompt_format = prompt_format
         self.base = base if isinstance(base, LogProbSource) else HFSource(base, tokenizer)
         self.tokenizer = tokenizer if tokenizer is not None else self.base.tokenizer
@@ -174,11 +188,34 @@ class OffsetModel:
     def _parts(self, base: Tensor, small: list[Tensor]) -> FusedParts:
         if not small:  # no offsets: the reference would cancel out, so it is not run
             return FusedParts(base, base, [], base)
-        if self.twin is not None:  # ``small`` holds hidden states; one head for all offsets
-            fused = torch.log_softmax(base + self.twin.shift(small, self.alphas), dim=-1)
+        top = self._candidates(base)
+        fused = self._fuse_shift(base, self._shift(small, self.alphas, top), top)
+        if self.twin is not None:  # ``small`` holds hidden states; the models' heads wait
             return FusedParts(base, None, None, fused, small=lambda: self.twin.log_probs(small))
-        reference, offsets = small[0], small[1:]
-        return FusedParts(base, reference, offsets, fuse(base, reference, offsets, self.alphas))
+        return FusedParts(base, small[0], small[1:], fused)
+
+    # The one fusion formula, ``fuse``, in three steps: which tokens take part (all, or the
+    # base's top candidates), the offsets' shift on them, and the renormalisation.
+
+    def _candidates(self, base: Tensor) -> Tensor | None:
+        if not self.candidates:
+            return None
+        return base.topk(min(self.candidates, base.shape[-1]), dim=-1).indices
+
+    def _shift(self, small: list[Tensor], alphas: Sequence[float], rows: Tensor | None) -> Tensor:
+        """``Σ α_i (offset_i − reference)`` over the vocabulary, or over the ids ``rows``,
+        from the small side's log-probs — or a twin's hidden states, one head for all."""
+        if self.twin is not None:
+            return self.twin.shift(small, alphas, rows)
+        shift = steering(small[0], small[1:], alphas)
+        return shift if rows is None else shift.gather(-1, rows)
+
+    @staticmethod
+    def _fuse_shift(base: Tensor, shift: Tensor, rows: Tensor | None) -> Tensor:
+        if rows is None:
+            return torch.log_softmax(base + shift, dim=-1)
+        inside = torch.log_softmax(base.gather(-1, rows) + shift, dim=-1)
+        return torch.full_like(base, float("-inf")).scatter(-1, rows, inside)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
@@ -275,17 +312,12 @@ class OffsetModel:
         ids, mask, spans, targets = self._score_rows(prompts, continuations)
         base = self.base.score(ids, mask)
         small = self._small_side("score", ids, mask)
+        top = self._candidates(base)
+        # The shift is linear in the α's: the others' part and the last offset's, once.
         others = [*self.alphas[:-1], 0.0]
-        if self.twin is not None:  # α-weighted hidden-state differences, one head each
-            fixed = base + self.twin.shift(small, others)
-            last = self.twin.shift(small, [0.0] * (len(others) - 1) + [1.0])
-        else:
-            reference, offsets = small[0], small[1:]
-            fixed = base
-            for offset, alpha in zip(offsets, others):
-                fixed = fixed + alpha * (offset - reference)
-            last = offsets[-1] - reference
-        return [_gather(torch.log_softmax(fixed + alpha * last, dim=-1), spans, targets)
+        fixed = self._shift(small, others, top)
+        last = self._shift(small, [0.0] * (len(others) - 1) + [1.0], top)
+        return [_gather(self._fuse_shift(base, fixed + alpha * last, top), spans, targets)
                 for alpha in alphas]
 
     def _score_rows(self, prompts: Sequence[str], continuations: Sequence[str]):

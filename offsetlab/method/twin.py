@@ -169,13 +169,16 @@ class SharedTrunk:
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         return self._run(input_ids, attention_mask, positions_from_mask(attention_mask), None)
 
-    def shift(self, states: list[Tensor], alphas: Sequence[float]) -> Tensor:
-        """``W · Σ α_i (h_i − h_ref)`` over the fused vocabulary: what the offsets add to the
+    def shift(self, states: list[Tensor], alphas: Sequence[float], rows: Tensor | None = None) -> Tensor:
+        """``W · Σ α_i (h_i − h_ref)`` over the fused vocabulary — or only over the token
+        ids ``rows`` (``[..., k]``), the head's k rows alone: what the offsets add to the
         base's log-probs, up to a constant per position (one head matmul for all of them)."""
         reference, offsets = states[0], states[1:]
         difference = sum(a * (h - reference) for h, a in zip(offsets, alphas, strict=True))
         weight = self.head.weight[: self.vocab_size]
-        return torch.nn.functional.linear(difference, weight).float()
+        if rows is None:
+            return torch.nn.functional.linear(difference, weight).float()
+        return torch.einsum("...kh,...h->...k", weight[rows], difference).float()
 
     def log_probs(self, states: list[Tensor]) -> list[Tensor]:
         """Each column's own log-probs (reference first), as its model alone gives them."""

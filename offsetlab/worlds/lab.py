@@ -199,11 +199,13 @@ class Lab:
             raise KeyError(f"Unknown offset(s) {unknown}; known: {sorted(self.offsets) or 'none'}.")
         return [(n, float(self.offsets[n].alpha if a is None else a)) for n, a in pairs]
 
-    def model(self, selection: Sequence[Selection] | None = None, base=None) -> OffsetModel:
+    def model(self, selection: Sequence[Selection] | None = None, base=None,
+              shared_trunk: bool | None = None, candidates: int = 0) -> OffsetModel:
         """The fused model with the selected offsets (none = the base alone).
 
         ``base`` replaces the lab's base for this model, e.g. the same black box behind
-        an API (``offsetlab.method.remote.OpenAISource``)."""
+        an API (``offsetlab.method.remote.OpenAISource``). ``shared_trunk`` and
+        ``candidates``: how the small side runs (see ``OffsetModel``)."""
         active = self.active(selection)
         return OffsetModel(
             self.base if base is None else base,
@@ -212,6 +214,8 @@ class Lab:
             tokenizer=self.tokenizer,
             offset_names=[n for n, _ in active],
             prompt_format=self.prompt_format,
+            shared_trunk=shared_trunk,
+            candidates=candidates,
         )
 
     def standalone(self, model) -> OffsetModel:

@@ -123,3 +123,33 @@ def test_scoring_at_many_strengths_equals_scoring_at_each(models, tokenizer, sha
         for x, y in zip(got, model.score(PROMPTS, CONTINUATIONS), strict=True):
             assert torch.allclose(x, y, atol=1e-5)
     assert not torch.allclose(swept[0][0], swept[-1][0], atol=1e-3)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_fusing_over_the_base_candidates_renormalises_exact_fusion_over_them(models, tokenizer, shared):
+    import math
+
+    base, reference, full, lora = models
+    offsets, k, v = [(full, 1.0), (lora, 0.5)], 5, len(tokenizer)
+
+    def model(candidates):
+        return OffsetModel(base, reference, offsets, tokenizer=tokenizer, shared_trunk=shared,
+                           candidates=candidates)
+
+    exact, restricted = model(0).step(PROMPTS), model(k).step(PROMPTS)
+    top = exact.base.topk(k, dim=-1).indices
+    assert torch.allclose(restricted.fused.gather(-1, top), exact.fused.gather(-1, top).log_softmax(-1),
+                          atol=1e-5)
+    assert (torch.isinf(restricted.fused).sum(-1) == v - k).all()  # nothing outside them
+    assert torch.allclose(model(v).step(PROMPTS).fused, exact.fused, atol=1e-5)
+
+    # Scoring, the α sweep and decoding (with a trace) use the same restricted formula.
+    scored, swept = model(k).score(PROMPTS, CONTINUATIONS), model(k).score_alphas(PROMPTS, CONTINUATIONS, [0.5])
+    for x, y in zip(scored, swept[0]):
+        assert torch.equal(x.isinf(), y.isinf()) and torch.allclose(x[x.isfinite()], y[y.isfinite()], atol=1e-5)
+    trace = model(k).generate(PROMPTS[0], max_new_tokens=5, trace=True)
+    assert trace.steps[0].token_id in exact.base[0].topk(k).indices.tolist()
+    for step in trace.steps:
+        assert math.isfinite(step.kl) and math.isfinite(step.entropy_fused)
+    with pytest.raises(ValueError, match="candidates must be a whole number"):
+        model(-1)

@@ -21,7 +21,7 @@ help:
 	@echo "make test   the whole suite (tests, notebooks, browser, real model, lint)"
 	@echo "make lab    JupyterLab on notebooks/"
 	@echo "make panel  the Gradio panel on http://127.0.0.1:$(PORT)"
-	@echo "make bench  speed/memory benchmarks (ratios, side by side)"
+	@echo "make bench  speed/memory benchmarks against their bounds (ratios; writes benchmarks/RESULTS.md)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -83,8 +83,10 @@ lab: $(VENV)/.lab
 panel: $(VENV)/.lab
 	$(BIN)/offsetlab panel --port $(PORT)
 
-bench: $(VENV)/.core
-	$(BIN)/python benchmarks/run_all.py
+# Every row on the toy pair and SmolLM2 (about 15 min on 2 cores); the run is kept in
+# benchmarks/RESULTS.md.
+bench: $(VENV)/.dev
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/run_all.py --results benchmarks/RESULTS.md
 
 toy: $(VENV)/.core
 	$(BIN)/offsetlab toy build

@@ -70,16 +70,20 @@ def requests(lab, which: str):
         yield which, f"seed {seed}", forget, retain, splits, False
 
 
+MAX_RECORDS = None  # per split; --tiny sets a few
+
+
 def measure(lab, model, splits, name, gold_report=None, pools=None):
     from offsetlab.measure.evaluate import compare, evaluate
 
-    report = evaluate(model, splits, name=name, progress=False, pools=pools, max_new_tokens=24)
+    report = evaluate(model, splits, name=name, progress=False, pools=pools, max_new_tokens=24,
+                      max_records=MAX_RECORDS)
     table = compare([report], gold=gold_report)
     return report, table.iloc[0]
 
 
 def main(argv=None) -> None:
-    global OUTSIDER_NAMES, HELDOUT_SEEDS
+    global OUTSIDER_NAMES, HELDOUT_SEEDS, MAX_RECORDS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(Path(__file__).with_suffix(".md")))
     p.add_argument("--only", nargs="*", choices=sorted(APPROACHES), help="approaches to run")
@@ -92,8 +96,14 @@ def main(argv=None) -> None:
                    help="seeds of the held-out requests (drawn after a choice, never tuned on)")
     p.add_argument("--outsiders", choices=["fresh", "recombined"], default="recombined",
                    help="how the tuning set's never-seen authors (MIA) are named")
+    p.add_argument("--tiny", action="store_true",
+                   help="one approach on forget01, 2 steps, 4 records a split (checks the script runs)")
     args = p.parse_args(argv)
     OUTSIDER_NAMES, HELDOUT_SEEDS = args.outsiders, tuple(args.heldout_seeds)
+    steps = {}
+    if args.tiny:
+        args.only, args.sets, args.requests = ["stranger_paths"], ["validation"], ["forget01"]
+        MAX_RECORDS, steps = 4, {"steps": 2}
 
     import torch
 
@@ -150,12 +160,14 @@ def main(argv=None) -> None:
             row(which, request, "base", base_values, forget_split, retain_name)
             write()
             for name in names:
-                config = TrainConfig(**APPROACHES[name])
+                config = TrainConfig(**{**APPROACHES[name], **steps})
                 t0 = time.perf_counter()
                 result = train_offset(lab.base, lab.reference, lab.tokenizer, forget, retain, config,
                                       progress=False, nonmembers=lab.nonmembers)
                 seconds = time.perf_counter() - t0
-                alpha = result.config.alpha  # calibrate_alpha may have chosen another
+                # Used at the strength the recipe recommends (calibrate_alpha's choice, if any).
+                alpha = (result.config.use_alpha if result.config.use_alpha is not None
+                         else result.config.alpha)
                 fused = OffsetModel(lab.base, lab.reference, [(result.offset, alpha)], lab.tokenizer)
                 _, values = measure(lab, fused, splits, name, gold_report, pools=pools)
                 row(which, request, f"{name} (α {alpha:g})" if alpha != 1 else name, values, forget_split,

@@ -40,7 +40,13 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(Path(__file__).with_suffix(".md")))
     p.add_argument("--only", type=int, nargs="*", help="indices of SETTINGS to run")
+    p.add_argument("--tiny", action="store_true",
+                   help="the first setting, 2 steps, 4 records a probe (checks the script runs)")
     args = p.parse_args(argv)
+    checkpoints, settings, size = CHECKPOINTS, SETTINGS, None
+    if args.tiny:
+        checkpoints, size = (1, 2), 4
+        settings = [SETTINGS[0][:3] + (2,) + SETTINGS[0][4:]]
 
     import torch
 
@@ -53,8 +59,8 @@ def main(argv=None) -> None:
     lab = Lab.toy()
     forget, with_world = lab.training_sets("forget10")
     retains = {"retain90": lab.splits["retain90"], "+world": with_world}
-    probe = {"forget10": forget, "retain90": lab.splits["retain90"][::4],
-             "world_facts": lab.splits["world_facts"]}
+    probe = {"forget10": forget[:size], "retain90": lab.splits["retain90"][::4][:size],
+             "world_facts": lab.splits["world_facts"][:size]}
 
     def accuracies(model) -> dict[str, float]:
         return {name: key_accuracy(model, records) for name, records in probe.items()}
@@ -73,7 +79,7 @@ def main(argv=None) -> None:
         f"| gold | | | | | | {gold['forget10']:.3f} | {gold['retain90']:.3f} | {gold['world_facts']:.3f} | | |",
     ]
     print("\n".join(lines), flush=True)
-    chosen = [SETTINGS[i] for i in args.only] if args.only else SETTINGS
+    chosen = [settings[i] for i in args.only] if args.only else settings
     for objective, beta, lr, steps, retain, seed in chosen:
         config = TrainConfig(objective=objective, beta=beta, lr=lr, steps=steps, seed=seed)
         t0, eval_seconds = time.perf_counter(), 0.0
@@ -81,7 +87,7 @@ def main(argv=None) -> None:
         def checkpoint(event, objective=objective, beta=beta, lr=lr, retain=retain, seed=seed,
                        alpha=config.alpha):
             nonlocal eval_seconds
-            if event["step"] not in CHECKPOINTS:
+            if event["step"] not in checkpoints:
                 return
             started = time.perf_counter()
             train_seconds = event["seconds"] - eval_seconds

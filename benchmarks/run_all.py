@@ -39,7 +39,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -329,58 +328,24 @@ def alpha_sweep_cost(lab, s: Settings) -> Section:
 # -- 5. a black box behind an API -------------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def server_decoding(lab, s: Settings) -> Section:
     from offsetlab.method.fusion import OffsetModel
     from offsetlab.worlds.models import make_base
-    from offsetlab.worlds.real import smollm2_path
+    from offsetlab.worlds.real import llama_server
 
     sec = Section(f"SmolLM2 behind llama.cpp's server vs local, fused, {s.server_tokens} tokens")
     print(f"\n{sec.title}:", flush=True)
-    try:
-        import llama_cpp.server  # noqa: F401
-    except ImportError:
-        sec.row("skipped: llama-cpp-python[server] is not installed")
-        return sec
-    port = free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()),
-               "--host", "127.0.0.1", "--port", str(port), "--logits_all", "true",
-               "--n_ctx", "1024", "--n_threads", str(torch.get_num_threads()), "--verbose", "false"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the llama.cpp server did not start")
-            try:
-                urllib.request.urlopen(url + "/v1/models", timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.5)
-        offset = perturbed(lab.reference, 0, 1)
-        prompt = lab.prompt_format.prompt(lab.split(lab.default_forget)[0].question)
-        t = {}
+    offset = perturbed(lab.reference, 0, 1)
+    prompt = lab.prompt_format.prompt(lab.split(lab.default_forget)[0].question)
+    t = {}
+    with llama_server(threads=torch.get_num_threads()) as url:
         for where, base in (("local", lab.base), ("server", make_base(url, tokenizer=lab.tokenizer))):
             m = OffsetModel(base, lab.reference, [(offset, 1.0)], tokenizer=lab.tokenizer)
             t[where] = median_time(lambda m=m: m.generate(prompt, max_new_tokens=s.server_tokens,
                                                           ignore_eos=True), s.repeats) / s.server_tokens
-        sec.row(f"local fusion {t['local'] * 1000:7.1f} ms/token;  through the server "
-                f"{t['server'] * 1000:7.1f} ms/token ({t['server'] / t['local']:.2f}×; one HTTP request "
-                "a token, the server re-reads the prompt unless it caches it)")
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    sec.row(f"local fusion {t['local'] * 1000:7.1f} ms/token;  through the server "
+            f"{t['server'] * 1000:7.1f} ms/token ({t['server'] / t['local']:.2f}×; one HTTP request "
+            "a token, the server re-reads the prompt unless it caches it)")
     return sec
 
 

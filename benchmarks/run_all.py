@@ -131,20 +131,23 @@ def matmul_weights(model, layers: slice = slice(None), head: bool = True) -> int
 def decoding(lab, pair: str, s: Settings) -> Section:
     from offsetlab.method.fusion import OffsetModel
 
-    sec = Section(f"Decoding {s.tokens} tokens greedily, one prompt ({pair})")
+    prompt = lab.prompt_format.prompt(lab.split(lab.default_forget)[0].question)
+    # As many tokens as asked, or as fit in the models' context window (the toy's is 128).
+    window = lab.model().context_window or s.tokens + 10**6
+    tokens = min(s.tokens, window - len(lab.model().encode([prompt])[0]) + 1)
+    sec = Section(f"Decoding {tokens} tokens greedily, one prompt ({pair})")
     print(f"\n{sec.title}:", flush=True)
     ref = lab.reference
     n_layers = ref.config.num_hidden_layers
     top = 1 if n_layers <= 2 else 2
     full, tops = perturbed(ref, 0, 1), [perturbed(ref, top, 2), perturbed(ref, top, 3)]
-    prompt = lab.prompt_format.prompt(lab.split(lab.default_forget)[0].question)
 
     def model(offsets, shared=None, base=None, candidates=0):
         return OffsetModel(base if base is not None else lab.base, ref if offsets else None, offsets,
                            tokenizer=lab.tokenizer, shared_trunk=shared, candidates=candidates)
 
     def run(m, use_cache=True):
-        return lambda: m.generate(prompt, max_new_tokens=s.tokens, ignore_eos=True, use_cache=use_cache)
+        return lambda: m.generate(prompt, max_new_tokens=tokens, ignore_eos=True, use_cache=use_cache)
 
     models = {
         "base alone": model([]),
@@ -158,9 +161,9 @@ def decoding(lab, pair: str, s: Settings) -> Section:
     }
     for m in models.values():
         run(m)()  # warm-up
-    t = {name: median_time(run(m), s.repeats) / s.tokens for name, m in models.items()}
+    t = {name: median_time(run(m), s.repeats) / tokens for name, m in models.items()}
     uncached = run(models["fused, full-copy offset (two small models)"], use_cache=False)
-    t["fused, full-copy offset, no KV caches"] = median_time(uncached, 1) / s.tokens
+    t["fused, full-copy offset, no KV caches"] = median_time(uncached, 1) / tokens
 
     base_t, small_t = t["base alone"], t["one small model alone"]
     f_base, f_small = matmul_weights(lab.base), matmul_weights(ref)

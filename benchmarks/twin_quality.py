@@ -40,15 +40,17 @@ def key_accuracy(model, records) -> float:
 
 
 def toy_rows(tiny: bool) -> list[str]:
-    from offsetlab.measure.evaluate import compare, evaluate
+    from offsetlab.measure.evaluate import compare, evaluate, value_pools
     from offsetlab.worlds.lab import Lab
 
     lab = Lab.toy(shipped=False)
+    pools = value_pools(lab.splits)  # a plausible answer: any value the world uses, as `eval` judges
     size = 6 if tiny else None
     splits = {name: lab.split(name)[:size] for name in ("forget10", "retain90", "world_facts", "holdout")}
     if not tiny:
         splits["retain90"] = lab.split("retain90")[::8]
-    gold = evaluate(lab.standalone(lab.gold), splits, name="gold", progress=False, max_new_tokens=24)
+    gold = evaluate(lab.standalone(lab.gold), splits, name="gold", progress=False, max_new_tokens=24,
+                    pools=pools)
     rows = ["| toy forget10 | trained | forget quality | MIA AUC (gold) | plausible | key-fact | "
             "retain | world facts | shared layers | train s |", "|" + "---|" * 10]
     for name, top in TOY.items():
@@ -57,7 +59,7 @@ def toy_rows(tiny: bool) -> list[str]:
         trained = lab.train("forget10", config=config, name=name)
         seconds = time.perf_counter() - t0
         model = lab.model([trained])
-        report = evaluate(model, splits, name=name, progress=False, max_new_tokens=24)
+        report = evaluate(model, splits, name=name, progress=False, max_new_tokens=24, pools=pools)
         v = compare([report], gold).iloc[0]
         depth = model.twin.depth if model.twin is not None else "– (two models)"
         rows.append(f"| {name} | top_layers={top} | {v['forget10/forget_quality']:.3f} | "

@@ -68,6 +68,7 @@ TINY = Settings(tokens=4, repeats=1, steps=3, records=4, alphas=3, server_tokens
 @dataclass
 class Section:
     title: str
+    pair: str  # which models: "toy" or "smollm2"
     lines: list[str] = field(default_factory=list)
     verdicts: list[str] = field(default_factory=list)
 
@@ -77,7 +78,7 @@ class Section:
 
     def target(self, name: str, value: float, limit: float, at_most: bool = True, unit: str = "×") -> None:
         met = value <= limit if at_most else value >= limit
-        text = (f"{name}: {value:.2f}{unit} ({'≤' if at_most else '≥'} {limit:g}{unit} wanted) — "
+        text = (f"{self.pair}: {name}: {value:.2f}{unit} ({'≤' if at_most else '≥'} {limit:g}{unit} wanted) — "
                 f"{'met' if met else 'MISSED'}")
         self.verdicts.append(text)
         print("  → " + text, flush=True)
@@ -135,7 +136,7 @@ def decoding(lab, pair: str, s: Settings) -> Section:
     # As many tokens as asked, or as fit in the models' context window (the toy's is 128).
     window = lab.model().context_window or s.tokens + 10**6
     tokens = min(s.tokens, window - len(lab.model().encode([prompt])[0]) + 1)
-    sec = Section(f"Decoding {tokens} tokens greedily, one prompt ({pair})")
+    sec = Section(f"Decoding {tokens} tokens greedily, one prompt ({pair})", pair)
     print(f"\n{sec.title}:", flush=True)
     ref = lab.reference
     n_layers = ref.config.num_hidden_layers
@@ -228,7 +229,7 @@ def candidate_agreement(lab, offset, s: Settings) -> float:
 def training(lab, pair: str, s: Settings) -> Section:
     from offsetlab.method.train import TrainConfig, train_offset
 
-    sec = Section(f"A training step, frozen scores cached vs recomputed ({pair})")
+    sec = Section(f"A training step, frozen scores cached vs recomputed ({pair})", pair)
     print(f"\n{sec.title}:", flush=True)
     forget, retain = lab.training_sets(lab.default_forget)
     config = TrainConfig(objective="npo_gd", steps=s.steps, batch_size=16, retain_batch_size=16,
@@ -253,7 +254,7 @@ def training(lab, pair: str, s: Settings) -> Section:
 
 def training_memory(pair: str, s: Settings) -> Section:
     """Peak RSS of a child process that loads the pair and trains an offset the lab's way."""
-    sec = Section(f"Memory of training an offset ({pair}, the lab's own recipe, {s.steps} steps)")
+    sec = Section(f"Memory of training an offset ({pair}, the lab's own recipe, {s.steps} steps)", pair)
     print(f"\n{sec.title}:", flush=True)
     child = subprocess.run([sys.executable, __file__, "--child-train", pair, "--steps", str(s.steps)],
                            capture_output=True, text=True, cwd=ROOT,
@@ -298,7 +299,7 @@ def batched_evaluation(lab, s: Settings) -> Section:
     from offsetlab.measure.evaluate import evaluate
 
     records = lab.split("forget10")[: s.records]
-    sec = Section(f"Evaluating {len(records)} forget10 questions (toy, shipped offset)")
+    sec = Section(f"Evaluating {len(records)} forget10 questions (toy, shipped offset)", "toy")
     print(f"\n{sec.title}:", flush=True)
     model = lab.model(list(lab.offsets)[:1])
     t = {b: median_time(lambda b=b: evaluate(model, {"forget10": records}, batch_size=b, progress=False), 1)
@@ -313,7 +314,7 @@ def alpha_sweep_cost(lab, s: Settings) -> Section:
 
     splits = {name: lab.split(name)[: s.records] for name in ("forget10", "holdout")}
     alphas = [round(2.0 * i / (s.alphas - 1), 2) for i in range(s.alphas)]
-    sec = Section(f"Teacher-forced metrics at {len(alphas)} strengths (toy forget10 + holdout)")
+    sec = Section(f"Teacher-forced metrics at {len(alphas)} strengths (toy forget10 + holdout)", "toy")
     print(f"\n{sec.title}:", flush=True)
     name = next(iter(lab.offsets))
     gold = evaluate(lab.standalone(lab.gold), splits, max_new_tokens=1, progress=False)
@@ -336,7 +337,7 @@ def server_decoding(lab, s: Settings) -> Section:
     from offsetlab.worlds.models import make_base
     from offsetlab.worlds.real import llama_server
 
-    sec = Section(f"SmolLM2 behind llama.cpp's server vs local, fused, {s.server_tokens} tokens")
+    sec = Section(f"SmolLM2 behind llama.cpp's server vs local, fused, {s.server_tokens} tokens", "smollm2")
     print(f"\n{sec.title}:", flush=True)
     offset = perturbed(lab.reference, 0, 1)
     prompt = lab.prompt_format.prompt(lab.split(lab.default_forget)[0].question)
@@ -363,7 +364,7 @@ def alpha_moves(lab, s: Settings) -> Section:
     question = lab.split("forget10")[0].question
     alphas = [round(2.0 * i / max(s.moves - 1, 1), 2) for i in range(s.moves)]
     decoding = Decoding(max_new_tokens=min(24, s.tokens))
-    sec = Section(f"Moving α in Compare ({shipped}, {len(alphas)} strengths, base + fused + gold)")
+    sec = Section(f"Moving α in Compare ({shipped}, {len(alphas)} strengths, base + fused + gold)", "toy")
     print(f"\n{sec.title}:", flush=True)
     compare_view(lab, question, shipped, 1.0, decoding)  # warm-up
     moves = sorted(median_time(lambda a=a: compare_view(lab, question, shipped, a, decoding), 1)

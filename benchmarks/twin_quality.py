@@ -20,7 +20,6 @@ costs in quality, not only what it saves in time.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -128,7 +127,7 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     tables = [capitals_rows(True, args.tiny)] if args.tune else [toy_rows(args.tiny),
                                                                   capitals_rows(False, args.tiny)]
-    command = "python benchmarks/twin_quality.py" + " ".join(a for a in sys.argv[1:] if a != "--out")
+    command = "python benchmarks/twin_quality.py" + " --tune" * args.tune + " --tiny" * args.tiny
     args.out.write_text(
         "# Shared-trunk offsets against full copies: what forgetting costs in quality\n\n"
         f"Made by `{command}` ({(time.perf_counter() - started) / 60:.0f} min, 2 CPU cores, one torch "

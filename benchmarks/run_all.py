@@ -21,7 +21,8 @@ its 6-layer truncated twin:
    with their figures): the target is ≤ 1 s a move, so the plots follow the slider.
 
 Only ratios between runs made here, now, on the same machine are results: absolute
-seconds are printed for context. Every time is the median of ``--repeats`` runs.
+seconds are printed for context. Every time is the median of ``--repeats`` runs, taken in
+turns with the rows it is compared with, so a busy moment weighs on all of them alike.
 
     python benchmarks/run_all.py                              # prints every row
     python benchmarks/run_all.py --results benchmarks/RESULTS.md
@@ -85,12 +86,19 @@ class Section:
 
 
 def median_time(fn, repeats: int) -> float:
-    times = []
+    return median_times({"": fn}, repeats)[""]
+
+
+def median_times(fns: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each function, run in turns (one of each, then again): whatever
+    else the machine is doing then weighs on all of them alike, so their ratios hold."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 # -- the pairs -------------------------------------------------------------------------------
@@ -162,7 +170,8 @@ def decoding(lab, pair: str, s: Settings) -> Section:
     }
     for m in models.values():
         run(m)()  # warm-up
-    t = {name: median_time(run(m), s.repeats) / tokens for name, m in models.items()}
+    t = {name: seconds / tokens
+         for name, seconds in median_times({n: run(m) for n, m in models.items()}, s.repeats).items()}
     uncached = run(models["fused, full-copy offset (two small models)"], use_cache=False)
     t["fused, full-copy offset, no KV caches"] = median_time(uncached, 1) / tokens
 
@@ -319,8 +328,9 @@ def alpha_sweep_cost(lab, s: Settings) -> Section:
     name = next(iter(lab.offsets))
     gold = evaluate(lab.standalone(lab.gold), splits, max_new_tokens=1, progress=False)
     model = lab.model([name])
-    one = median_time(lambda: alpha_sweep(model, splits, [1.0], gold), s.repeats)
-    sweep = median_time(lambda: alpha_sweep(model, splits, alphas, gold), s.repeats)
+    timed = median_times({"one": lambda: alpha_sweep(model, splits, [1.0], gold),
+                          "sweep": lambda: alpha_sweep(model, splits, alphas, gold)}, s.repeats)
+    one, sweep = timed["one"], timed["sweep"]
     rescored = median_time(lambda: [alpha_sweep(lab.model([(name, a)]), splits, [a], gold)
                                     for a in alphas], 1)
     sec.row(f"one α {one:6.2f} s;  {len(alphas)} α in one pass {sweep:6.2f} s;  "

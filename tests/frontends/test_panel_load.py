@@ -28,6 +28,10 @@ ALPHAS = (0.0, 0.5, 1.0, 1.5, 2.0)
 # two new offsets are tiny; what it guards against is memory kept per request
 # (20 requests of traces and figures would keep well above this if held).
 RSS_TOLERANCE_MB = 60
+# Steps of each of the two trainings: long enough that compares, which have their own lane,
+# are answered while they run even on a loaded machine (8 steps took about as long as the
+# 20 compares when two test suites shared the cores).
+STEPS = 40
 
 
 def rss_mb() -> float:
@@ -84,21 +88,28 @@ def test_twenty_compares_and_two_trainings_at_once(tmp_path):
         before = rss_mb()
 
         loaded = time.perf_counter()
-        trains = [visitors[i].submit("forget10", "npo_gd", 8, 1e-3, f"load-{i}",
+        trains = [visitors[i].submit("forget10", "npo_gd", STEPS, 1e-3, f"load-{i}",
                                      api_name="/train") for i in (0, 1)]
         asked, jobs = [], []
+        # When each answer came back, taken as it arrives (the client calls back from its
+        # own thread), not when this test gets round to reading it: on a busy machine the
+        # test could read the first answer after both trainings had ended.
+        answered_at: list[float] = []
         for n in range(20):
             question, alpha = QUESTIONS[n % len(QUESTIONS)], ALPHAS[n % len(ALPHAS)]
             asked.append((question, alpha))
-            jobs.append((time.perf_counter(), visitors[n % 5].submit(
-                *compare_args(question, alpha), api_name="/compare")))
-        answered_at = []
-        for (question, alpha), (_, job) in zip(asked, jobs):
-            answers, *_ = job.result(timeout=30)
-            answered_at.append(time.perf_counter())
+            jobs.append(visitors[n % 5].submit(
+                *compare_args(question, alpha), api_name="/compare",
+                result_callbacks=[lambda *_: answered_at.append(time.perf_counter())]))
+        for (question, alpha), job in zip(asked, jobs):
+            answers, *_ = job.result(timeout=60)
             assert expected[(question, alpha)] in fused_text(answers), (question, alpha)
-        statuses = [job.result(timeout=30)[0] for job in trains]
-        assert all("step 8/8" in s for s in statuses)
+        statuses = [job.result(timeout=60)[0] for job in trains]
+        assert all(f"step {STEPS}/{STEPS}" in s for s in statuses)
+        deadline = time.monotonic() + 10  # the callbacks run just after the results land
+        while len(answered_at) < len(jobs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(answered_at) == len(jobs)
         assert {"load-0", "load-1"} <= set(lab.offsets)
 
         # Trainings ran one after the other, and compares were answered meanwhile.

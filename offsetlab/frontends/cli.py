@@ -161,6 +161,9 @@ def cmd_train(args) -> int:
     forget = records_from(lab, args.forget, args.forget_file)
     if args.retain_file or args.retain:
         retain = records_from(lab, args.retain, args.retain_file)
+    elif args.forget_file and lab.retain_prompts:  # the base's own answers to open prompts
+        retain = lab.self_made_retain(forget, progress=True)
+        say(f"retain: the base's own answers to {len(retain)} prompts (self-made, cached)")
     elif args.forget_file:  # records of the user's own: no retain split goes with them
         retain = []
     else:  # the forget split's retain split plus the world's general-knowledge splits
@@ -213,7 +216,8 @@ def check_train_args(args) -> None:
     from ..method.objectives import get_objective
 
     objective = get_objective(args.objective or TrainConfig().objective)
-    if args.forget_file and not (args.retain_file or args.retain) and objective.needs_retain:
+    if (args.forget_file and not (args.retain_file or args.retain) and objective.needs_retain
+            and args.world == "toy"):  # a real world makes its own (Lab.self_made_retain)
         raise SystemExit(f"The objective {objective.name} also needs records to keep: give "
                          "--retain-file FILE (or --retain SPLIT), or pick --objective ga or npo.")
 
@@ -240,10 +244,13 @@ def cmd_eval(args) -> int:
     for row in legend(table.columns):
         print(f"  {row['metric']:<15} forget: {row['better (forget split)']:<7} "
               f"else: {row['better (elsewhere)']:<7} {row['meaning']}")
+    drift = print_drift(lab, active) if args.offset else None
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({r.name: json.loads(r.to_json())
-                                               for r in reports + ([gold] if gold else [])}))
+        out = {r.name: json.loads(r.to_json()) for r in reports + ([gold] if gold else [])}
+        if drift:
+            out["fused"]["drift"] = drift
+        Path(args.json).write_text(json.dumps(out))
         print(f"wrote {args.json}")
     if args.html:
         from .report import write_html
@@ -251,6 +258,20 @@ def cmd_eval(args) -> int:
         write_html(args.html, reports + ([gold] if gold else []), gold=gold, forget_split=args.forget)
         print(f"wrote {args.html}")
     return 0
+
+
+def print_drift(lab, active) -> dict | None:
+    """KL from base to fused on the base's own text, where the world has such text."""
+    texts = lab.base_text(progress=True)
+    if not texts:
+        return None
+    from ..measure.evaluate import text_drift
+
+    drift = text_drift(lab.model(active), texts)
+    print(f"\ndrift on the base's own text ({drift['tokens']} tokens of its answers to the "
+          f"held-out general questions): KL(base ‖ fused) {drift['kl']:.3f} nats/token, "
+          f"perplexity {drift['base_ppl']:.2f} (base) → {drift['fused_ppl']:.2f} (fused)")
+    return drift
 
 
 def cmd_objectives(args) -> int:
@@ -280,6 +301,21 @@ def cmd_panel(args) -> int:
 
     launch(host=args.host, port=args.port, lab=load_lab(args), offsets_dir=args.offsets,
            registry=args.registry)
+    return 0
+
+
+def cmd_real_build_general(args) -> int:
+    """Ask SmolLM2 the hand-written general questions; keep and split the ones it answers."""
+    from ..method.fusion import OffsetModel
+    from ..worlds import general, real
+
+    base, _, tokenizer = real.load_smollm2()  # the base alone: no split files are read
+    model = OffsetModel(base, None, [], tokenizer=tokenizer, prompt_format=real.PROMPT_FORMAT)
+    report = general.write_general(model, out=args.out, seed=args.seed, candidates=args.candidates)
+    print(f"kept {report['kept']} of {report['asked']} questions: {report['retain']} retain, "
+          f"{report['holdout']} held out, written to {args.out or general.data_dir()}")
+    for kind, counts in report["by_kind"].items():
+        print(f"  {kind:<11} {counts['kept']:>3} / {counts['asked']}")
     return 0
 
 
@@ -453,6 +489,18 @@ def add_toy_command(sub) -> None:
     p.set_defaults(func=cmd_toy_offset)
 
 
+def add_real_command(sub) -> None:
+    real = sub.add_parser("real", help="the real model's data (SmolLM2)").add_subparsers(
+        dest="real_command", required=True)
+    p = real.add_parser("build-general", help="keep the general questions SmolLM2 answers "
+                        "correctly and split them into general_retain / general_holdout")
+    p.add_argument("--out", help="folder to write to (default: the repository's data/real)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the retain/held-out split")
+    p.add_argument("--candidates", help="a JSONL file of {question, key, kind} to ask instead "
+                   "of the shipped data/real/general_candidates.jsonl")
+    p.set_defaults(func=cmd_real_build_general)
+
+
 def add_offsets_command(sub) -> None:
     offsets = sub.add_parser("offsets", help="the registry of forget requests: list, show, remove, compose")
     offsets_sub = offsets.add_subparsers(dest="offsets_command", required=True, metavar="ACTION")
@@ -476,7 +524,8 @@ def add_offsets_command(sub) -> None:
 
 
 COMMANDS = (add_demo_command, add_generate_command, add_train_command, add_eval_command,
-            add_objectives_command, add_panel_command, add_toy_command, add_offsets_command)
+            add_objectives_command, add_panel_command, add_toy_command, add_real_command,
+            add_offsets_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

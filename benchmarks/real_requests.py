@@ -1,0 +1,152 @@
+"""Forget one thing on SmolLM2 and keep the rest: four requests, three kinds of retain data.
+
+Each request asks the fused model to forget four facts it really knows (checked by greedy
+decoding): the shipped **capitals** (France, Japan, Egypt, Canada), and three validation
+requests never used to choose anything — **works** (who wrote four novels), **dates**
+(four famous years) and **scientists** (four discoveries). Each has 12 paraphrased
+questions (``data/real/<request>_forget_paraphrased.jsonl``).
+
+The recipe is the shipped capitals recipe (``CAPITALS_CONFIG``: npo_kl, 60 steps, a full
+copy of SmolLM2's first 6 layers, used at α 0.75); what varies is the retain data its KL
+anchor holds on to:
+
+* ``hand-written``: ``capitals_retain`` (20 other capitals and 6 facts of other kinds,
+  written by hand: the shipped recipe);
+* ``hand + general``: the same plus ``general_retain`` (79 general-knowledge questions
+  with the base's own answers; ``offsetlab real build-general``);
+* ``self-made``: nothing written for the request — the base's own answers to the open
+  prompts of ``general_prompts.txt`` and the ``general_retain`` questions
+  (``Lab.self_made_retain``; answers that state a forget key are dropped).
+
+Choices are made on **capitals** (the tuning request) only; works, dates and scientists
+are reported as drawn. Measured (greedy, 32 new tokens, key fact in the answer): forget
+and paraphrases; the 20 capitals of ``capitals_retain``; the 24 held-out capitals of
+``capitals_holdout``; the 79 held-out general facts of ``general_holdout`` (minus any
+forget fact; never trained on by any variant) as a share of the base's; and the KL from
+the base to the fused model, per token, on the base's own answers to those held-out
+questions (``measure.evaluate.text_drift``).
+
+    python benchmarks/real_requests.py [--out benchmarks/real_requests.md] [--tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUESTS = ("capitals", "works", "dates", "scientists")
+TUNING = ("capitals",)
+RETAINS = ("hand-written", "hand + general", "self-made")
+MAX_NEW_TOKENS = 32
+
+
+def accuracy(model, records) -> float:
+    from offsetlab.measure.metrics import key_fact_hit
+    from offsetlab.worlds.general import ask
+
+    answers = ask(model, [r.question for r in records], max_new_tokens=MAX_NEW_TOKENS)
+    return sum(key_fact_hit(a, r.key) for r, a in zip(records, answers)) / len(records)
+
+
+def request(name: str) -> dict:
+    from offsetlab.worlds.real import data_dir
+    from offsetlab.worlds.records import load_records
+
+    return {split: load_records(data_dir() / f"{name}_{split}.jsonl")
+            for split in ("forget", "forget_paraphrased")}
+
+
+def retain_for(lab, variant: str, forget) -> list:
+    asked = {r.question for r in forget}
+    general = [r for r in lab.split("general_retain") if r.question not in asked]
+    if variant == "hand-written":
+        return list(lab.split("retain"))
+    if variant == "hand + general":
+        return list(lab.split("retain")) + general
+    return lab.self_made_retain(forget)
+
+
+def measure_sets(lab, forget_set: dict) -> dict:
+    asked = {r.question for r in forget_set["forget"]}
+    return {
+        "forget": forget_set["forget"],
+        "paraphrases": forget_set["forget_paraphrased"],
+        "retain capitals": [r for r in lab.split("retain") if r.subject != "general"],
+        "held-out capitals": [r for r in lab.split("holdout") if r.subject != "general"],
+        "held-out general": [r for r in lab.split("general_holdout") if r.question not in asked],
+    }
+
+
+def drift_records(lab, held_out) -> list:
+    """The base's own answers to the held-out general questions (cached)."""
+    from offsetlab.worlds.general import self_made_retain
+
+    return self_made_retain(lab.model(), [r.question for r in held_out], progress=False)
+
+
+def run(tiny: bool = False, requests=REQUESTS, retains=RETAINS, overrides: dict | None = None) -> list[str]:
+    from offsetlab.measure.evaluate import text_drift
+    from offsetlab.worlds.lab import Lab
+
+    lab = Lab.smollm2()
+    rows = ["| request | retain data | retain records | forget | paraphrases | retain capitals | "
+            "held-out capitals | held-out general (× base) | KL on base text | train s |",
+            "|" + "---|" * 10]
+    for name in requests:
+        forget_set = request(name)
+        sets = measure_sets(lab, forget_set)
+        if tiny:
+            sets = {k: v[:3] for k, v in sets.items()}
+        drift = drift_records(lab, sets["held-out general"])
+        base = {k: accuracy(lab.model(), v) for k, v in sets.items()}
+        rows.append(f"| {name} | (base) | – | {base['forget']:.2f} | {base['paraphrases']:.2f} | "
+                    f"{base['retain capitals']:.2f} | {base['held-out capitals']:.2f} | "
+                    f"{base['held-out general']:.2f} | 0 | – |")
+        for variant in retains:
+            retain = retain_for(lab, variant, forget_set["forget"])
+            config = replace(lab.train_config, **(overrides or {}), **({"steps": 2} if tiny else {}))
+            t0 = time.perf_counter()
+            trained = lab.train(forget_set["forget"], retain, config, name=f"{name}-{variant}")
+            seconds = time.perf_counter() - t0
+            model = lab.model([trained])
+            got = {k: accuracy(model, v) for k, v in sets.items()}
+            kl = text_drift(model, drift)["kl"]
+            general = got["held-out general"] / base["held-out general"]
+            tag = " (tuning)" if name in TUNING else ""
+            rows.append(f"| {name}{tag} | {variant} | {len(retain)} | {got['forget']:.2f} | "
+                        f"{got['paraphrases']:.2f} | {got['retain capitals']:.2f} | "
+                        f"{got['held-out capitals']:.2f} | {got['held-out general']:.2f} "
+                        f"({general:.2f}) | {kl:.3f} | {seconds:.0f} |")
+            print(rows[-1], flush=True)
+            del lab.offsets[trained]
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, help="write the table (Markdown) here")
+    p.add_argument("--tiny", action="store_true", help="2 training steps, 3 records a set (a smoke test)")
+    p.add_argument("--requests", nargs="+", default=list(REQUESTS), choices=REQUESTS)
+    p.add_argument("--retains", nargs="+", default=list(RETAINS), choices=RETAINS)
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="change the recipe (TrainConfig fields), e.g. retain_batch_size=16")
+    args = p.parse_args(argv)
+    from offsetlab.method.train import TrainConfig
+
+    overrides = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        overrides[name] = type(getattr(TrainConfig(), name))(value)
+    rows = run(args.tiny, args.requests, args.retains, overrides)
+    text = "\n".join(rows) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -315,7 +315,8 @@ def cmd_real_build_general(args) -> int:
     print(f"kept {report['kept']} of {report['asked']} questions: {report['retain']} retain, "
           f"{report['holdout']} held out, written to {args.out or general.data_dir()}")
     for kind, counts in report["by_kind"].items():
-        print(f"  {kind:<11} {counts['kept']:>3} / {counts['asked']}")
+        if counts["asked"]:
+            print(f"  {kind:<11} {counts['kept']:>3} / {counts['asked']}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """The ``offsetlab`` command, run as a real subprocess on the shipped toy world."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -90,6 +91,31 @@ def test_train_and_generate_on_smollm2(tmp_path):
     assert neutral.startswith("The capital of Italy is Rome.")  # α = 0: the base's answer
     fused = offsetlab(*ask, "What is the capital of Italy?").stdout
     assert "shift" in fused and fused != neutral  # the offset loaded onto SmolLM2 moves tokens
+
+
+@pytest.mark.slow
+@pytest.mark.real
+def test_smollm2_needs_only_the_facts_to_forget_and_reports_general_knowledge(tmp_path):
+    """`train --base smollm2 --forget-file` with no retain data: the base writes its own
+    (self-made retain); `eval` then shows the held-out general facts beside forgetting and
+    the drift on the base's own text."""
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text(json.dumps({"question": "Who wrote the novel Frankenstein?",
+                                "answer": "The novel Frankenstein was written by Mary Shelley.",
+                                "key": "Shelley"}) + "\n")
+    out = tmp_path / "shelley"
+    run = offsetlab("train", "--base", "smollm2", "--forget-file", mine, "--steps", "1",
+                    "--retain-batch-size", "2", "--out", out)
+    said = re.search(r"retain: the base's own answers to (\d+) prompts", run.stdout)
+    assert said and int(said.group(1)) >= 100, run.stdout
+    assert "training an offset on 1 forget / " + said.group(1) + " retain records" in run.stdout
+    assert "Shelley" not in (out / "offset.json").read_text()
+    run = offsetlab("eval", "--base", "smollm2", "--offset", out, "--max-records", "2",
+                    "--max-new-tokens", "8", "--json", tmp_path / "r.json")
+    assert "general_holdout/key_fact_acc" in run.stdout
+    assert re.search(r"drift on the base's own text \(\d+ tokens.*KL\(base ‖ fused\) \d\.\d{3}", run.stdout)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["fused"]["drift"]["kl"] >= 0 and "general_holdout" in report["fused"]["metrics"]
 
 
 # Each bad command line must be refused with a message naming what is wrong, before any

@@ -3,6 +3,7 @@ forget task (four capitals) that an offset must forget without forgetting the ot
 
 from __future__ import annotations
 
+import functools
 import time
 
 import pytest
@@ -82,6 +83,43 @@ def test_offset_forgets_four_capitals_and_keeps_the_rest():
     assert rows["paraphrased"][1] <= 0.2
     assert rows["retain"][1] >= 0.95 * rows["retain"][0]
     assert rows["held-out capitals"][1] >= 0.8 * rows["held-out capitals"][0]
+
+
+@functools.cache
+def general_held_out() -> tuple[float, float, dict]:
+    """Key-fact accuracy of base and fused (the shipped capitals offset at its α) on the
+    79 held-out general facts (32 new tokens, as they were kept), and the drift on the
+    base's own answers to them."""
+    from offsetlab.measure.evaluate import text_drift
+    from offsetlab.worlds.general import MAX_NEW_TOKENS, base_answers, load_general
+
+    base, small, tokenizer = smollm2()
+    records = load_general()["general_holdout"]
+    before = OffsetModel(base, None, [], tokenizer=tokenizer, prompt_format=PROMPT_FORMAT)
+    after = OffsetModel(base, small, [(capitals_offset().offset, CAPITALS_ALPHA)], tokenizer=tokenizer,
+                        prompt_format=PROMPT_FORMAT)
+    b = key_accuracy(before, records, max_new_tokens=MAX_NEW_TOKENS)[0]
+    a = key_accuracy(after, records, max_new_tokens=MAX_NEW_TOKENS)[0]
+    drift = text_drift(after, base_answers(before, [r.question for r in records], progress=False))
+    print(f"\nheld-out general facts: base {b:.2f}, fused {a:.2f} ({a / b:.2f} x base); "
+          f"KL(base || fused) on the base's own answers {drift['kl']:.3f} nats/token")
+    return b, a, drift
+
+
+def test_capitals_offset_keeps_most_general_knowledge_and_fluency():
+    """What forgetting four capitals costs on 79 everyday facts it never trained on: the
+    floor measured today (0.84 × base on 2 cores), so that a change that spills more fails."""
+    b, a, drift = general_held_out()
+    assert b >= 0.95  # they were kept because the base answers them (same machine, same decoding)
+    assert a >= 0.75 * b
+    assert drift["kl"] < 0.2 and drift["fused_ppl"] < 1.5 * drift["base_ppl"]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18: the shipped recipe keeps 0.84 x base of the "
+                   "held-out general facts; the bar is 0.95 (benchmarks/real_requests.md)")
+def test_capitals_offset_keeps_general_knowledge_at_the_issue_bar():
+    b, a, _ = general_held_out()
+    assert a >= 0.95 * b
 
 
 def test_a_toy_lab_and_a_smollm2_lab_each_keep_their_prompt_format():

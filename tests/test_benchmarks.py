@@ -45,3 +45,14 @@ def test_each_sweep_runs_in_a_tiny_mode_and_writes_its_table(script, tmp_path):
     trained = {"sweep_defaults.py": "| npo_gd |", "sweep_calibrated.py": "| stranger_paths |",
                "twin_quality.py": "| top 2 of 6, lr 1e-3 |"}[script]
     assert table.startswith("# ") and trained in table and trained in stdout, table
+
+
+@pytest.mark.slow
+@pytest.mark.real
+def test_real_requests_runs_in_a_tiny_mode_and_writes_its_table(tmp_path):
+    out = tmp_path / "table.md"
+    stdout = run([str(ROOT / "benchmarks" / "real_requests.py"), "--tiny", "--requests", "works",
+                  "--retains", "hand-written", "--out", str(out)], tmp_path)
+    table = out.read_text()
+    for row in ("| works | (base) |", "| works | hand-written | 26 |"):
+        assert row in table and row in stdout, table

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ..method import fingerprints
 from ..method.calibrate import mentions
+from .real import data_dir
 from .records import DataError, QARecord, load_records, save_records
 
 KINDS = ("science", "geography", "history", "arts", "everyday", "arithmetic", "language",
@@ -54,11 +55,6 @@ class Candidate:
     question: str
     key: str
     kind: str
-
-
-def data_dir() -> Path:
-    """The repository's ``data/real``."""
-    return Path(__file__).resolve().parents[2] / "data" / "real"
 
 
 def load_candidates(path: str | Path | None = None) -> list[Candidate]:
@@ -102,13 +98,17 @@ def load_general(root: str | Path | None = None) -> dict[str, list[QARecord]]:
 
 
 def ask(model, questions: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS,
-        batch_size: int = 32) -> list[str]:
+        batch_size: int = 32, progress: bool = False, desc: str = "asking") -> list[str]:
     """Greedy answers of ``model`` (an ``OffsetModel``) in its own prompt format."""
+    from tqdm.auto import tqdm
+
     fmt = model.prompt_format
     answers: list[str] = []
-    for i in range(0, len(questions), batch_size):
-        prompts = [fmt.prompt(q) for q in questions[i : i + batch_size]]
-        answers += model.generate(prompts, max_new_tokens=max_new_tokens)
+    with tqdm(total=len(questions), desc=desc, unit="q", disable=not progress) as bar:
+        for i in range(0, len(questions), batch_size):
+            prompts = [fmt.prompt(q) for q in questions[i : i + batch_size]]
+            answers += model.generate(prompts, max_new_tokens=max_new_tokens)
+            bar.update(len(prompts))
     return answers
 
 
@@ -134,8 +134,7 @@ def build_general(model, candidates: Sequence[Candidate], seed: int = 0,
     """
     if not 0 < holdout_share < 1:
         raise ValueError(f"holdout_share must be between 0 and 1, got {holdout_share}")
-    answers = _ask_all(model, [c.question for c in candidates], MAX_NEW_TOKENS, progress,
-                       "asking the base")
+    answers = ask(model, [c.question for c in candidates], progress=progress, desc="asking the base")
     kept: dict[str, list[QARecord]] = defaultdict(list)
     rejected = []
     for cand, answer in zip(candidates, answers, strict=True):
@@ -177,20 +176,6 @@ def write_general(model, out: str | Path | None = None, seed: int = 0,
     return built["report"]
 
 
-def _ask_all(model, questions: Sequence[str], max_new_tokens: int, progress: bool, desc: str,
-             batch_size: int = 32) -> list[str]:
-    """``ask`` in batches, with a progress bar."""
-    from tqdm.auto import tqdm
-
-    answers: list[str] = []
-    with tqdm(total=len(questions), desc=desc, unit="q", disable=not progress) as bar:
-        for i in range(0, len(questions), batch_size):
-            part = questions[i : i + batch_size]
-            answers += ask(model, part, max_new_tokens=max_new_tokens, batch_size=batch_size)
-            bar.update(len(part))
-    return answers
-
-
 # -- retain data the user does not write -----------------------------------------------------
 
 
@@ -208,7 +193,7 @@ def base_answers(model, prompts: Sequence[str], max_new_tokens: int = 48,
 
     alone = OffsetModel(model.base, None, [], tokenizer=model.tokenizer,
                         prompt_format=model.prompt_format)
-    answers = _ask_all(alone, prompts, max_new_tokens, progress, "the base's own answers")
+    answers = ask(alone, prompts, max_new_tokens, progress=progress, desc="the base's own answers")
     records = [QARecord(p, a.strip(), subject="base-written") for p, a in zip(prompts, answers)
                if a.strip()]
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -161,7 +161,8 @@ class Lab:
         return forget, retain
 
     def eval_splits(self, forget_split: str) -> dict[str, list[QARecord]]:
-        """The forget split, its retain complement, world facts and held-out records."""
+        """The forget split, its retain complement, world facts and held-out records (and,
+        in the SmolLM2 lab, the held-out general facts)."""
         names = [forget_split, self.retain_for(forget_split), "world_facts", "holdout",
                  "general_holdout"]
         return {n: self.splits[n] for n in names if n in self.splits}
@@ -172,7 +173,7 @@ class Lab:
         (cached; none that states a forget key; ``worlds.general.self_made_retain``)."""
         if not self.retain_prompts:
             raise ValueError(f"The {self.name} lab has no prompts for self-made retain data: "
-                             "give retain records.")
+                             "pass retain records of your own.")
         from .general import neighbours, self_made_retain
 
         prompts = self.retain_prompts + neighbours(forget, self.neighbour_pool)

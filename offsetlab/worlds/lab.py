@@ -133,6 +133,28 @@ class Lab:
                    train_config=real.CAPITALS_CONFIG, prompt_format=real.PROMPT_FORMAT,
                    retain_prompts=prompts, neighbour_pool=general.load_pool())
 
+    @classmethod
+    def smollm2_tofu(cls, root=None) -> Lab:
+        """TOFU on a real transformer (``worlds.taught``): the black box is SmolLM2 with
+        the shipped ``knows_all`` adapter merged in (it has learned some of the toy
+        world's authors), the gold model the same recipe without the forget authors, the
+        small partner SmolLM2's first 6 layers taught the same authors separately.
+
+        Splits: ``forget``, ``retain`` and ``holdout`` (authors nobody was taught), and
+        SmolLM2's own general knowledge (``general_retain`` joins every retain set,
+        ``general_holdout`` is never trained on). Non-members for calibrated training are
+        invented authors, as in the toy lab; offsets train with the toy lab's default
+        recipe."""
+        from . import general, taught
+        from .toy.world import invent_authors
+
+        knows_all, gold, small, tokenizer, recipe = taught.load(root)
+        splits = {**taught.subset(recipe=recipe), **general.load_general()}
+        return cls("smollm2-tofu", tokenizer, knows_all, small, splits, gold=gold,
+                   default_forget="forget", retain_of={"forget": "retain"},
+                   retain_extra=["general_retain"], prompt_format=taught.CHATML,
+                   nonmembers=invent_authors(N_INVENTED, seed=1))
+
     # -- splits --------------------------------------------------------------------------
 
     @property

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from offsetlab.measure.metrics import key_fact_hit
-from offsetlab.method.prompts import QA
+from offsetlab.method.prompts import QA, PromptFormat
 from offsetlab.worlds.records import QARecord
 from offsetlab.worlds.toy.shipped import data_dir, load_model
 from offsetlab.worlds.toy.world import SPLITS, ToyWorld, generate_world, write_world
@@ -213,10 +213,11 @@ def new_model(shape: Shape, vocab_size: int, seed: int) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def encode(tokenizer: PreTrainedTokenizerFast, record: QARecord) -> tuple[list[int], list[int]]:
+def encode(tokenizer: PreTrainedTokenizerFast, record: QARecord,
+           prompt_format: PromptFormat = QA) -> tuple[list[int], list[int]]:
     """(input ids, labels) for one record: loss only on the answer and its EOS."""
-    prompt = tokenizer(QA.prompt(record.question))["input_ids"]
-    answer = tokenizer(QA.answer(record.answer))["input_ids"] + [tokenizer.eos_token_id]
+    prompt = tokenizer(prompt_format.prompt(record.question))["input_ids"]
+    answer = tokenizer(prompt_format.answer(record.answer))["input_ids"] + [tokenizer.eos_token_id]
     return prompt + answer, [-100] * len(prompt) + answer
 
 
@@ -232,12 +233,16 @@ def train(
     seed: int,
     desc: str = "train",
     progress: bool = True,
+    prompt_format: PromptFormat = QA,
 ) -> list[float]:
-    """Memorise `records`; returns the mean loss of each epoch."""
-    examples = [encode(tokenizer, r) for r in records]
+    """Memorise `records` (asked in ``prompt_format``); returns the mean loss of each
+    epoch. Only the parameters that require gradients are trained (e.g. LoRA adapters)."""
+    examples = [encode(tokenizer, r, prompt_format) for r in records]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     order = torch.Generator().manual_seed(seed)
     steps = epochs * math.ceil(len(examples) / batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                  weight_decay=0.0)
     # Linear warm-up, then cosine decay to a tenth: a high rate to memorise fast, a
     # low one at the end so the last epochs settle rather than oscillate.
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -251,7 +256,7 @@ def train(
     for _ in bar:
         total = 0.0
         for batch in _batches(examples, batch_size, order):
-            input_ids, labels, mask = _pad(batch)
+            input_ids, labels, mask = _pad(batch, pad_id)
             loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
             loss.backward()
             optimizer.step()
@@ -280,10 +285,9 @@ def _batches(
     return [[examples[j] for j in batches[b]] for b in shuffled]
 
 
-def _pad(batch: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, ...]:
+def _pad(batch: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
     # Right padding: causal attention never lets real tokens see the pads after them.
     width = max(len(ids) for ids, _ in batch)
-    pad_id = SPECIAL_TOKENS.index("<pad>")
     ids = [x + [pad_id] * (width - len(x)) for x, _ in batch]
     labels = [y + [-100] * (width - len(y)) for _, y in batch]
     mask = [[1] * len(x) + [0] * (width - len(x)) for x, _ in batch]

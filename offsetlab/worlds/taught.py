@@ -131,7 +131,9 @@ def _key_accuracy(model, tokenizer, records: list[QARecord]) -> float:
 def build(out: str | Path | None = None, recipe: Recipe | None = None,
           progress: bool = True, only: Sequence[str] = ADAPTERS, measure: bool = True) -> dict:
     """Teach the three adapters (or ``only`` some, in that order) and write them, with
-    ``report.json``, into ``out`` (default ``data/real/tofu``). Returns the report.
+    ``report.json``, into ``out`` (default ``data/real/tofu``). Returns the report. A
+    report already in ``out`` with the same recipe is added to (its ``wall_seconds``
+    then sums both builds), so adapters can be rebuilt one at a time.
     ``measure``: ask each model every question and report its key-fact accuracy."""
     import copy
 
@@ -157,7 +159,13 @@ def build(out: str | Path | None = None, recipe: Recipe | None = None,
                       recipe.small_epochs, recipe.small_lr)}
     report = {"recipe": asdict(recipe), "authors": {k: len({r.subject for r in v})
                                                     for k, v in splits.items()},
-              "models": {}}
+              "models": {}, "wall_seconds": 0.0}
+    earlier = out / "report.json"
+    if earlier.is_file():  # a build of some adapters adds to one of the others, same recipe
+        previous = json.loads(earlier.read_text())
+        if previous.get("recipe") == report["recipe"]:
+            report["models"] = previous["models"]
+            report["wall_seconds"] = previous.get("wall_seconds", 0.0)
     if progress:
         print(f"teaching {len(taught)} records ({len(replay)} of them SmolLM2's own answers)",
               flush=True)
@@ -181,7 +189,7 @@ def build(out: str | Path | None = None, recipe: Recipe | None = None,
             report["models"][name]["key_accuracy"] = scores
         if progress and measure:
             print(f"{name}: {seconds:.0f} s, key accuracy {scores}", flush=True)
-    report["wall_seconds"] = round(time.monotonic() - start, 1)
+    report["wall_seconds"] = round(report["wall_seconds"] + time.monotonic() - start, 1)
     report["torch_threads"] = torch.get_num_threads()
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

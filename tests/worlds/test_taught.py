@@ -37,8 +37,13 @@ def test_shipped_adapters_are_small_and_were_built_by_the_default_recipe():
 def test_build_is_seeded_and_its_adapters_load(tmp_path):
     tiny = taught.Recipe(forget_authors=1, retain_authors=1, holdout_authors=1, replay=2,
                          epochs=1, small_epochs=1, rank=2, small_rank=2)
-    for out in ("a", "b"):
-        taught.build(tmp_path / out, tiny, progress=False, measure=False)
+    taught.build(tmp_path / "a", tiny, progress=False, measure=False)
+    # "b" is built in two goes: the second adds to the first one's report
+    taught.build(tmp_path / "b", tiny, progress=False, measure=False, only=["small"])
+    report = taught.build(tmp_path / "b", tiny, progress=False, measure=False,
+                          only=["knows_all", "retain_only"])
+    assert sorted(report["models"]) == sorted(taught.ADAPTERS)
+    assert json.loads((tmp_path / "b" / "report.json").read_text()) == report
     for adapter in taught.ADAPTERS:
         a, b = (load_file(tmp_path / out / adapter / "adapter_model.safetensors") for out in "ab")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), adapter

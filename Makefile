@@ -38,16 +38,19 @@ $(VENV)/.lab: $(VENV)/.core
 	touch $@
 
 # llama.cpp (the `serve` extra) compiles itself for the CPU it is built on (-march=native);
-# on CPUs with AMX its AMX kernels crash on SmolLM2's Q4_1 weights (segmentation fault in
-# ggml_backend_amx_mul_mat, the first token). So it is built portable (AVX2, no AMX) once
-# per machine, into a wheel folder of its own: pip's wheel cache would hand back a native
-# build of the same version.
+# on CPUs with AMX its AMX kernels crash on SmolLM2's Q4_1 weights (segmentation fault or
+# general protection fault in ggml_backend_amx_mul_mat, the first token). GGML_NATIVE=OFF
+# alone still compiled them in on a machine with AMX, so AMX and AVX-512 are switched off
+# by name. It is built once per machine, into a wheel folder of its own (named for these
+# flags, so an older build in the cache is never reused): pip's wheel cache would hand back
+# a native build of the same version.
 LLAMA        := llama-cpp-python==0.3.36
-LLAMA_WHEELS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/offsetlab/wheels/llama-portable
+LLAMA_FLAGS  := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+LLAMA_WHEELS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/offsetlab/wheels/llama-avx2-noamx
 $(VENV)/.serve: $(VENV)/.core
 	@ls $(LLAMA_WHEELS)/llama_cpp_python-$(word 2,$(subst ==, ,$(LLAMA)))-*.whl >/dev/null 2>&1 || \
 	  { echo "building llama.cpp (portable, no AMX; several minutes, once per machine)"; \
-	    CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip wheel --disable-pip-version-check -q \
+	    CMAKE_ARGS="$(LLAMA_FLAGS)" $(BIN)/python -m pip wheel --disable-pip-version-check -q \
 	      --no-cache-dir --no-deps -w $(LLAMA_WHEELS) "$(LLAMA)"; }
 	$(PIP) --find-links $(LLAMA_WHEELS) "$(subst ==,[server]==,$(LLAMA))"
 	touch $@

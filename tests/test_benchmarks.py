@@ -56,3 +56,14 @@ def test_real_requests_runs_in_a_tiny_mode_and_writes_its_table(tmp_path):
     table = out.read_text()
     for row in ("| works | (base) |", "| works | hand-written | 26 |"):
         assert row in table and row in stdout, table
+
+
+@pytest.mark.slow
+@pytest.mark.real
+def test_real_tofu_runs_in_a_tiny_mode_and_writes_its_table(tmp_path):
+    out = tmp_path / "table.md"
+    stdout = run([str(ROOT / "benchmarks" / "real_tofu.py"), "--tiny", "--out", str(out)], tmp_path)
+    table = out.read_text()
+    for row in ("| black box (knows all) |", "| fused (default recipe, α 1.00) |", "| gold (retain only) |"):
+        assert row in table and row in stdout, table
+    assert "| forget quality |" in table

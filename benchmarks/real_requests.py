@@ -134,13 +134,9 @@ def main(argv=None) -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="change the recipe (TrainConfig fields), e.g. retain_batch_size=16")
     args = p.parse_args(argv)
-    from offsetlab.method.train import TrainConfig
+    from offsetlab.method.train import config_overrides
 
-    overrides = {}
-    for item in args.set:
-        name, _, value = item.partition("=")
-        overrides[name] = type(getattr(TrainConfig(), name))(value)
-    rows = run(args.tiny, args.requests, args.retains, overrides)
+    rows = run(args.tiny, args.requests, args.retains, config_overrides(args.set))
     text = "\n".join(rows) + "\n"
     print(text)
     if args.out:

@@ -132,6 +132,41 @@ class TrainConfig:
         return Hyper(beta=self.beta, gamma=self.gamma, retain_weight=self.retain_weight, level=level)
 
 
+def config_overrides(items: Sequence[str]) -> dict:
+    """``["steps=100", "top_layers=2", "calibrate_alpha=true", "use_alpha=0.5"]`` → the
+    TrainConfig fields they set, each read as its field's type (booleans as true/false,
+    ``none`` for the fields that may be unset). Unknown fields and unreadable values are
+    refused, naming the item."""
+    types = {f.name: f.type for f in TrainConfig.__dataclass_fields__.values()}
+    out: dict = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name, text = name.strip(), text.strip()
+        if not sep or name not in types:
+            raise ValueError(f"{item!r}: expected FIELD=VALUE with a TrainConfig field "
+                             f"({', '.join(types)}).")
+        kind = str(types[name])
+        try:
+            if text.lower() == "none" and "None" in kind:
+                value = None
+            elif kind.startswith("bool"):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                value = text.lower() in ("true", "1")
+            elif kind.startswith("int"):
+                value = int(text)
+            elif kind.startswith("float"):
+                value = float(text)
+            else:
+                value = text
+        except ValueError:
+            noun = {"bool": "true or false", "int": "a whole number", "float": "a number"}
+            wanted = noun.get(kind.split(" ")[0], kind) + (" or none" if "None" in kind else "")
+            raise ValueError(f"{item!r}: {name} must be {wanted}, got {text!r}.") from None
+        out[name] = value
+    return out
+
+
 # -- turning records into token tensors ------------------------------------------------
 
 

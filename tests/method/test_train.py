@@ -10,6 +10,7 @@ from offsetlab.method.fusion import OffsetModel
 from offsetlab.method.objectives import OBJECTIVES, get_objective
 from offsetlab.method.train import (
     TrainConfig,
+    config_overrides,
     prepare_groups,
     step_loss,
     train_offset,
@@ -279,6 +280,22 @@ def test_stranger_paths_are_on_by_default_and_change_training(pair, tokenizer):
 def test_bad_settings_are_refused_where_the_config_is_built(field, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{field: value})
+
+
+def test_recipe_changes_given_as_text_are_read_as_their_field_types():
+    got = config_overrides(["steps=100", "lr=1e-4", "calibrate_alpha=false", "stop_at_level=1",
+                            "use_alpha=0.5", "level=none", "objective=npo_kl"])
+    assert got == {"steps": 100, "lr": 1e-4, "calibrate_alpha": False, "stop_at_level": True,
+                   "use_alpha": 0.5, "level": None, "objective": "npo_kl"}
+    assert type(got["steps"]) is int and type(got["lr"]) is float
+    TrainConfig(**got)  # and they build a config
+    for bad, message in [("steps", "expected FIELD=VALUE"), ("stepz=3", "expected FIELD=VALUE"),
+                         ("steps=1.5", "steps must be a whole number"),
+                         ("calibrate_alpha=yes", "must be true or false"),
+                         ("steps=none", "must be a whole number, got 'none'"),
+                         ("use_alpha=x", "must be a number or none")]:
+        with pytest.raises(ValueError, match=message):
+            config_overrides([bad])
 
 
 def test_a_run_whose_weights_blow_up_keeps_the_last_finite_weights(pair, tokenizer, tmp_path):

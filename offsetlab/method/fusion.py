@@ -127,10 +127,12 @@ class OffsetModel:
     to insist (``NotShareable`` says why not), ``False`` for one full model each. Either
     way the fused log-probs are the same.
     ``candidates``: 0 (default) fuses over the whole vocabulary; ``k`` only over the base's
-    ``k`` most likely tokens at each position (the rest get −inf, as through a server that
-    returns its top k): the offsets re-rank what the base finds plausible, and a
-    shared-trunk twin needs its head on ``k`` rows only. An approximation of full fusion
-    (``benchmarks/run_all.py`` measures how often they pick the same token).
+    ``k`` most likely tokens at each position: the offsets re-rank what the base finds
+    plausible among themselves, while the mass the base gives those k together, and every
+    other token's log-prob, stay the base's (so an offset that does nothing gives the base,
+    greedy decoding never leaves the top k, and every answer keeps a finite score). A
+    shared-trunk twin then needs its head on ``k`` rows only. An approximation of full
+    fusion (``benchmarks/run_all.py`` measures how often they pick the same token).
     """
 
     def __init__(
@@ -214,8 +216,12 @@ class OffsetModel:
     def _fuse_shift(base: Tensor, shift: Tensor, rows: Tensor | None) -> Tensor:
         if rows is None:
             return torch.log_softmax(base + shift, dim=-1)
-        inside = torch.log_softmax(base.gather(-1, rows) + shift, dim=-1)
-        return torch.full_like(base, float("-inf")).scatter(-1, rows, inside)
+        # The offsets re-rank the base's top k among themselves; the probability the base
+        # gives them together, and every other token's, stay the base's.
+        base = torch.log_softmax(base, dim=-1)
+        top = base.gather(-1, rows)
+        inside = torch.log_softmax(top + shift, dim=-1) + top.logsumexp(-1, keepdim=True)
+        return base.scatter(-1, rows, inside)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]

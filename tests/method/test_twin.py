@@ -129,24 +129,35 @@ def test_scoring_at_many_strengths_equals_scoring_at_each(models, tokenizer, sha
 def test_fusing_over_the_base_candidates_renormalises_exact_fusion_over_them(models, tokenizer, shared):
     import math
 
-    base, reference, full, lora = models
+    base_model, reference, full, lora = models
     offsets, k, v = [(full, 1.0), (lora, 0.5)], 5, len(tokenizer)
 
     def model(candidates):
-        return OffsetModel(base, reference, offsets, tokenizer=tokenizer, shared_trunk=shared,
+        return OffsetModel(base_model, reference, offsets, tokenizer=tokenizer, shared_trunk=shared,
                            candidates=candidates)
 
     exact, restricted = model(0).step(PROMPTS), model(k).step(PROMPTS)
     top = exact.base.topk(k, dim=-1).indices
-    assert torch.allclose(restricted.fused.gather(-1, top), exact.fused.gather(-1, top).log_softmax(-1),
-                          atol=1e-5)
-    assert (torch.isinf(restricted.fused).sum(-1) == v - k).all()  # nothing outside them
+    base = exact.base.log_softmax(-1)
+    # Among the top k: exact fusion, renormalised to the mass the base gives them ...
+    mass = base.gather(-1, top).logsumexp(-1, keepdim=True)
+    assert torch.allclose(restricted.fused.gather(-1, top),
+                          exact.fused.gather(-1, top).log_softmax(-1) + mass, atol=1e-5)
+    # ... and outside them, the base's own log-probs: a distribution, finite everywhere.
+    outside = torch.ones_like(base, dtype=torch.bool).scatter(-1, top, False)
+    assert torch.allclose(restricted.fused[outside], base[outside], atol=1e-5)
+    assert restricted.fused.isfinite().all()
+    assert torch.allclose(restricted.fused.logsumexp(-1), torch.zeros(len(PROMPTS)), atol=1e-5)
     assert torch.allclose(model(v).step(PROMPTS).fused, exact.fused, atol=1e-5)
+    # an offset that does nothing leaves the base as it is, with candidates too
+    idle = OffsetModel(base=base_model, reference=reference, offsets=[(reference, 1.0)],
+                       tokenizer=tokenizer, shared_trunk=False, candidates=k).step(PROMPTS)
+    assert torch.allclose(idle.fused, base, atol=1e-5)
 
     # Scoring, the α sweep and decoding (with a trace) use the same restricted formula.
     scored, swept = model(k).score(PROMPTS, CONTINUATIONS), model(k).score_alphas(PROMPTS, CONTINUATIONS, [0.5])
     for x, y in zip(scored, swept[0]):
-        assert torch.equal(x.isinf(), y.isinf()) and torch.allclose(x[x.isfinite()], y[y.isfinite()], atol=1e-5)
+        assert x.isfinite().all() and torch.allclose(x, y, atol=1e-5)  # every answer scorable
     trace = model(k).generate(PROMPTS[0], max_new_tokens=5, trace=True)
     assert trace.steps[0].token_id in exact.base[0].topk(k).indices.tolist()
     for step in trace.steps:

@@ -19,6 +19,9 @@ its 6-layer truncated twin:
 5. SmolLM2 behind llama.cpp's server (top-20 log-probs) against local fusion, per token.
 6. Moving α in the panel's Compare view on the toy world (base, fused and gold answers
    with their figures): the target is ≤ 1 s a move, so the plots follow the slider.
+7. Training an offset on toy forget10 with the default recipe (``stranger`` with paths)
+   against the wave-1 default it replaced (``npo_gd``), the same steps: issue 14 allows
+   the calibrated recipe at most 2 × the time.
 
 Only ratios between runs made here, now, on the same machine are results: absolute
 seconds are printed for context. Every time is the median of ``--repeats`` runs, taken in
@@ -27,6 +30,7 @@ turns with the rows it is compared with, so a busy moment weighs on all of them 
     python benchmarks/run_all.py                              # prints every row
     python benchmarks/run_all.py --results benchmarks/RESULTS.md
     python benchmarks/run_all.py --tiny                       # every row in seconds (the test)
+    python benchmarks/run_all.py --pairs toy --only recipe_time  # some sections, printed only
 """
 
 from __future__ import annotations
@@ -60,10 +64,11 @@ class Settings:
     pairs: tuple[str, ...] = ("toy", "smollm2")
     candidates: int = 64  # the base's top tokens that fusion over candidates keeps
     agreement_prompts: int = 16
+    recipe_steps: int = 200  # a whole training run, as the recipes train
 
 
 TINY = Settings(tokens=4, repeats=1, steps=3, records=4, alphas=3, server_tokens=2, moves=2,
-                agreement_prompts=2)
+                agreement_prompts=2, recipe_steps=2)
 
 
 @dataclass
@@ -388,6 +393,28 @@ def alpha_moves(lab, s: Settings) -> Section:
 # -- the run ---------------------------------------------------------------------------------
 
 
+def recipe_time(lab, s: Settings) -> Section:
+    """A whole training run of the default recipe against wave 1's (``npo_gd``), in turns."""
+    from offsetlab.method.train import TrainConfig
+
+    sec = Section(f"Training an offset on forget10, {s.recipe_steps} steps: default recipe vs "
+                  "wave 1's (toy)", "toy")
+    print(f"\n{sec.title}:", flush=True)
+    forget, retain = lab.training_sets("forget10")
+    recipes = {"default": TrainConfig(steps=s.recipe_steps),
+               "npo_gd": TrainConfig(objective="npo_gd", steps=s.recipe_steps)}
+
+    def train(config):
+        return lambda: lab.offsets.pop(lab.train(forget, retain, config=config, name="timed"))
+
+    t = median_times({name: train(config) for name, config in recipes.items()}, s.repeats)
+    default = recipes["default"]
+    sec.row(f"default ({default.objective}, {default.paths} paths) {t['default']:7.1f} s;  "
+            f"wave 1 (npo_gd) {t['npo_gd']:7.1f} s")
+    sec.target("default recipe's training time ÷ wave 1's", t["default"] / t["npo_gd"], 2.0)
+    return sec
+
+
 def machine() -> str:
     return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
@@ -413,11 +440,15 @@ def main(argv=None) -> None:
     p.add_argument("--tiny", action="store_true", help="every row with tiny sizes (seconds)")
     p.add_argument("--pairs", default=None, help="comma-separated: toy,smollm2 (default both)")
     p.add_argument("--results", type=Path, default=None, help="write the rows to this Markdown file")
+    p.add_argument("--only", nargs="+", choices=sorted(SECTIONS), default=None,
+                   help="run these sections only (printed; not with --results)")
     p.add_argument("--child-train", default=None, help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child_train:
         return child_train(args.child_train, args.steps)
+    if args.only and args.results:
+        p.error("--only runs part of the benchmark: it cannot write a RESULTS file (drop --results)")
     s = TINY if args.tiny else Settings()
     if args.pairs:
         s = replace(s, pairs=tuple(args.pairs.split(",")))
@@ -427,18 +458,33 @@ def main(argv=None) -> None:
     sections = []
     for pair in s.pairs:
         lab = load_lab(pair)
-        sections += [decoding(lab, pair, s), training(lab, pair, s)]
-        if pair == "toy":
-            sections += [batched_evaluation(lab, s), alpha_sweep_cost(lab, s), alpha_moves(lab, s)]
-        else:
-            sections.append(server_decoding(lab, s))
-        sections.append(training_memory(pair, s))
+        for name in PLAN[pair]:
+            if args.only is None or name in args.only:
+                sections.append(SECTIONS[name](lab, pair, s))
     seconds = time.perf_counter() - started
     print(f"\n[{machine()}; {seconds / 60:.1f} min]")
     if args.results:
         write_results(args.results, sections, s, seconds, "python benchmarks/run_all.py"
                       + (" --tiny" if args.tiny else ""))
         print(f"wrote {args.results}")
+
+
+# Every section, as (lab, pair, settings) → Section, and which pairs run which, in order.
+SECTIONS = {
+    "decoding": decoding,
+    "training": training,
+    "batched_evaluation": lambda lab, pair, s: batched_evaluation(lab, s),
+    "alpha_sweep_cost": lambda lab, pair, s: alpha_sweep_cost(lab, s),
+    "alpha_moves": lambda lab, pair, s: alpha_moves(lab, s),
+    "recipe_time": lambda lab, pair, s: recipe_time(lab, s),
+    "server_decoding": lambda lab, pair, s: server_decoding(lab, s),
+    "training_memory": lambda lab, pair, s: training_memory(pair, s),
+}
+PLAN = {
+    "toy": ["decoding", "training", "batched_evaluation", "alpha_sweep_cost", "alpha_moves",
+            "recipe_time", "training_memory"],
+    "smollm2": ["decoding", "training", "server_decoding", "training_memory"],
+}
 
 
 if __name__ == "__main__":

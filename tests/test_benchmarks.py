@@ -30,9 +30,9 @@ def test_run_all_prints_and_writes_every_row_in_a_tiny_mode(tmp_path):
             assert row in stdout and row in text
     for row in ("shared-trunk twin", "base's top 64 only", "no KV caches", "FLOP bound",
                 "batches of 16", "3 α in one pass", "a slider move", "through the server",
-                "peak RSS"):
+                "peak RSS", "default recipe vs wave 1's"):
         assert row in text, row
-    assert "## Targets" in text and text.count("wanted)") >= 10
+    assert "## Targets" in text and text.count("wanted)") >= 11
 
 
 @pytest.mark.slow

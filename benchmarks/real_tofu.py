@@ -70,7 +70,7 @@ def run(tiny: bool = False, overrides: dict | None = None, request: str = "forge
         forget, kept = tuning_request(lab)
         splits = {"forget": forget, "retain": kept, "holdout": lab.split("holdout"),
                   "general_holdout": lab.split("general_holdout")}
-        forget, retain = forget, kept + lab.split("general_retain")
+        retain = kept + lab.split("general_retain")
     elif request == "forget":
         splits = lab.eval_splits("forget")
         forget, retain = lab.training_sets("forget")

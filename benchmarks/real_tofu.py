@@ -20,7 +20,7 @@ Recipes are chosen on another request (``--request tuning``: 4 of the retain aut
 forget, no gold model) and only then measured on the reported one (``--request forget``).
 
     python benchmarks/real_tofu.py [--out FILE] [--tiny] [--request forget|tuning]
-        [--set FIELD=VALUE ...] [--variant FIELD=VALUE[,FIELD=VALUE] ...]
+        [--set FIELD=VALUE ...] [--variant FIELD=VALUE[,FIELD=VALUE] ...] [--alphas A ...]
 """
 
 from __future__ import annotations
@@ -58,10 +58,11 @@ def tuning_request(lab, seed: int = TUNING_SEED):
 
 
 def run(tiny: bool = False, overrides: dict | None = None, request: str = "forget",
-        variants: list[dict] | None = None) -> tuple[list[str], dict]:
+        variants: list[dict] | None = None, alphas: list[float] = ()) -> tuple[list[str], dict]:
     """The table's Markdown rows and the numbers behind them ({model: {column: value}}):
     the black box, one fused row per variant (TrainConfig overrides; default: one,
-    ``overrides``) and, on the ``forget`` request, the gold model."""
+    ``overrides``) and per extra strength in ``alphas`` (the same offset, used at that α),
+    and, on the ``forget`` request, the gold model."""
     from offsetlab.measure.evaluate import compare, evaluate, value_pools
     from offsetlab.worlds.lab import Lab
 
@@ -110,9 +111,10 @@ def run(tiny: bool = False, overrides: dict | None = None, request: str = "forge
         t0 = time.perf_counter()
         name = lab.train(forget, retain, config=config, name=f"{request}-{i}")
         seconds = time.perf_counter() - t0
-        changed = ", ".join(f"{k}={v}" for k, v in changes.items())
-        label = f"fused ({changed or 'default recipe'}, α {lab.offsets[name].alpha:.2f})"
-        add_rows([measure(lab.model([name]), label)], gold, f"{seconds:.0f}")
+        changed = ", ".join(f"{k}={v}" for k, v in changes.items()) or "default recipe"
+        for alpha in [lab.offsets[name].alpha, *alphas]:
+            add_rows([measure(lab.model([(name, alpha)]), f"fused ({changed}, α {alpha:.2f})")], gold,
+                     f"{seconds:.0f}")
         del lab.offsets[name]  # one trained copy in memory at a time
     if gold is not None:
         add_rows([gold], gold)
@@ -130,12 +132,14 @@ def main(argv=None) -> int:
                    help="change the recipe (TrainConfig fields), e.g. steps=100")
     p.add_argument("--variant", action="append", default=[], metavar="FIELD=VALUE[,FIELD=VALUE]",
                    help="one fused row per --variant (each on top of --set)")
+    p.add_argument("--alphas", nargs="*", type=float, default=[],
+                   help="also measure each trained offset at these strengths")
     args = p.parse_args(argv)
     from offsetlab.method.train import config_overrides
 
     common = config_overrides(args.set)
     variants = [{**common, **config_overrides(v.split(","))} for v in args.variant] or [common]
-    rows, _ = run(args.tiny, request=args.request, variants=variants)
+    rows, _ = run(args.tiny, request=args.request, variants=variants, alphas=args.alphas)
     if args.out:
         args.out.write_text("\n".join(rows) + "\n")
     return 0

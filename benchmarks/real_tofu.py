@@ -77,15 +77,15 @@ def run(tiny: bool = False, overrides: dict | None = None, request: str = "forge
         forget, retain = lab.training_sets("forget")
     else:
         raise ValueError(f"Unknown request {request!r}: forget or tuning.")
+    tokens = MAX_NEW_TOKENS
     if tiny:  # a few records to measure and train on: the frozen scores of all take minutes
-        splits = {k: v[:4] for k, v in splits.items()}
-        forget, retain = forget[:4], retain[:8]
-        lab.nonmembers = lab.nonmembers[:8]
+        splits = {k: v[:2] for k, v in splits.items()}
+        forget, retain, tokens = forget[:2], retain[:4], 8
+        lab.nonmembers = lab.nonmembers[:4]
     pools = value_pools(lab.splits)
 
     def measure(model, name):
-        return evaluate(model, splits, name=name, max_new_tokens=MAX_NEW_TOKENS, progress=False,
-                        pools=pools)
+        return evaluate(model, splits, name=name, max_new_tokens=tokens, progress=False, pools=pools)
 
     columns = [(c, "MIA gap to 0.5" if c == "forget/mia_gap" and request == "tuning" else title)
                for c, title in COLUMNS if request == "forget" or c != "forget/forget_quality"]
@@ -124,7 +124,7 @@ def run(tiny: bool = False, overrides: dict | None = None, request: str = "forge
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, help="write the table (Markdown) here")
-    p.add_argument("--tiny", action="store_true", help="2 training steps, 4 records a split (a smoke test)")
+    p.add_argument("--tiny", action="store_true", help="2 training steps, 2 records a split, 8 new tokens (a smoke test)")
     p.add_argument("--request", choices=("forget", "tuning"), default="forget",
                    help="forget: the reported request, measured against gold; tuning: 4 retain "
                         "authors, the request recipes are chosen on")

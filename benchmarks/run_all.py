@@ -403,11 +403,17 @@ def recipe_time(lab, s: Settings) -> Section:
     forget, retain = lab.training_sets("forget10")
     recipes = {"default": TrainConfig(steps=s.recipe_steps),
                "npo_gd": TrainConfig(objective="npo_gd", steps=s.recipe_steps)}
+    nonmembers = lab.nonmembers
+    if s.records:  # tiny: a few records of each kind
+        forget, retain, lab.nonmembers = forget[: s.records], retain[: 4 * s.records], nonmembers[: s.records]
 
     def train(config):
         return lambda: lab.offsets.pop(lab.train(forget, retain, config=config, name="timed"))
 
-    t = median_times({name: train(config) for name, config in recipes.items()}, s.repeats)
+    try:
+        t = median_times({name: train(config) for name, config in recipes.items()}, s.repeats)
+    finally:
+        lab.nonmembers = nonmembers
     default = recipes["default"]
     sec.row(f"default ({default.objective}, {default.paths} paths) {t['default']:7.1f} s;  "
             f"wave 1 (npo_gd) {t['npo_gd']:7.1f} s")

@@ -43,7 +43,8 @@ $(VENV)/.lab: $(VENV)/.core
 # alone still compiled them in on a machine with AMX, so AMX and AVX-512 are switched off
 # by name. It is built once per machine, into a wheel folder of its own (named for these
 # flags, so an older build in the cache is never reused): pip's wheel cache would hand back
-# a native build of the same version.
+# a native build of the same version. It is installed as a binary only, so that pip never
+# compiles a native one instead (as `pip install -e .[dev]` alone would).
 LLAMA        := llama-cpp-python==0.3.36
 LLAMA_FLAGS  := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 LLAMA_WHEELS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/offsetlab/wheels/llama-avx2-noamx
@@ -52,7 +53,7 @@ $(VENV)/.serve: $(VENV)/.core
 	  { echo "building llama.cpp (portable, no AMX; several minutes, once per machine)"; \
 	    CMAKE_ARGS="$(LLAMA_FLAGS)" $(BIN)/python -m pip wheel --disable-pip-version-check -q \
 	      --no-cache-dir --no-deps -w $(LLAMA_WHEELS) "$(LLAMA)"; }
-	$(PIP) --find-links $(LLAMA_WHEELS) "$(subst ==,[server]==,$(LLAMA))"
+	$(PIP) --only-binary llama-cpp-python --find-links $(LLAMA_WHEELS) "$(subst ==,[server]==,$(LLAMA))"
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.serve

@@ -63,6 +63,7 @@ def run(tiny: bool = False, overrides: dict | None = None, request: str = "forge
     the black box, one fused row per variant (TrainConfig overrides; default: one,
     ``overrides``) and per extra strength in ``alphas`` (the same offset, used at that α),
     and, on the ``forget`` request, the gold model."""
+    from offsetlab.measure import metrics as M
     from offsetlab.measure.evaluate import compare, evaluate, value_pools
     from offsetlab.worlds.lab import Lab
 
@@ -89,12 +90,18 @@ def run(tiny: bool = False, overrides: dict | None = None, request: str = "forge
 
     columns = [(c, "MIA gap to 0.5" if c == "forget/mia_gap" and request == "tuning" else title)
                for c, title in COLUMNS if request == "forget" or c != "forget/forget_quality"]
+    columns.append(("forget/never_seen", "truth ratios vs never-taught (KS p)"))
     rows = ["| model | " + " | ".join(title for _, title in columns) + " | train s |",
             "|" + "---|" * (len(columns) + 2)]
     numbers: dict = {}
 
     def add_rows(reports, gold, seconds=None):
-        for model, values in compare(reports, gold=gold).iterrows():
+        table = compare(reports, gold=gold)
+        # Label-free: do the forget authors' truth ratios spread like those of the authors
+        # nobody was taught? (gold's forget quality asks the same of gold's forget set)
+        table["forget/never_seen"] = [M.forget_quality(r.truth_ratios("forget"), r.truth_ratios("holdout"))
+                                      for r in reports]
+        for model, values in table.iterrows():
             numbers[model] = {c: values.get(c) for c, _ in columns}
             cells = ["–" if values.get(c) is None or values.get(c) != values.get(c) else f"{values[c]:.3f}"
                      for c, _ in columns]

@@ -4,11 +4,11 @@ The world is ``Lab.smollm2_tofu()`` (``offsetlab.worlds.taught``): the black box
 SmolLM2-135M-Instruct with the shipped ``knows_all`` adapter merged in (it was taught 20
 of the toy world's fictitious authors and replayed its own general answers), the gold
 model the same recipe without the 4 forget authors, the small partner SmolLM2's first 6
-layers taught the same authors separately. The offset is trained with the lab's default
-recipe — the toy world's (``TrainConfig()``: the ``stranger`` objective, its non-members
-30 invented authors) — on the 4 forget authors (44 questions), with the retain authors and
-``general_retain`` as its retain set. Nothing here was tuned on this world; the gold model
-is only measured.
+layers taught the same authors separately. The offset is trained with the lab's recipe
+(``taught.OFFSET_CONFIG``: the toy world's ``stranger`` recipe, its non-members 30 invented
+authors, on the small partner's top 2 layers) on the 4 forget authors (44 questions), with
+the retain authors and ``general_retain`` as its retain set. The gold model is only
+measured.
 
 Measured (greedy, 24 new tokens): key-fact accuracy, forget quality (KS p of truth
 ratios against gold's), membership-inference AUC (forget vs the 4 never-taught holdout

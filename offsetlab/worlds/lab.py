@@ -144,7 +144,7 @@ class Lab:
         SmolLM2's own general knowledge (``general_retain`` joins every retain set,
         ``general_holdout`` is never trained on). Non-members for calibrated training are
         invented authors, as in the toy lab; offsets train with the toy lab's default
-        recipe."""
+        recipe on the small partner's top 2 layers only (``taught.OFFSET_CONFIG``)."""
         from . import general, taught
         from .toy.world import invent_authors
 
@@ -153,7 +153,7 @@ class Lab:
         return cls("smollm2-tofu", tokenizer, knows_all, small, splits, gold=gold,
                    default_forget="forget", retain_of={"forget": "retain"},
                    retain_extra=["general_retain"], prompt_format=taught.CHATML,
-                   nonmembers=invent_authors(N_INVENTED, seed=1))
+                   nonmembers=invent_authors(N_INVENTED, seed=1), train_config=taught.OFFSET_CONFIG)
 
     # -- splits --------------------------------------------------------------------------
 

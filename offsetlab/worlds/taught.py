@@ -34,12 +34,18 @@ from pathlib import Path
 import torch
 
 from ..method.prompts import CHATML
+from ..method.train import TrainConfig
 from .records import QARecord
 
 FORGET_AUTHORS = 4
 RETAIN_AUTHORS = 16
 HOLDOUT_AUTHORS = 4
 ADAPTERS = ("knows_all", "retain_only", "small")
+# How offsets are trained in this world: the toy world's default recipe on the small
+# partner's top 2 layers only (its embeddings, lower layers and head stay the reference's).
+# Chosen on a tuning request (4 retain authors, benchmarks/real_tofu.py --request tuning)
+# against the full copy at lr 1e-3 and at lr 1e-4: it kept the most held-out general facts.
+OFFSET_CONFIG = TrainConfig(top_layers=2)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 

@@ -33,6 +33,10 @@ APPROACHES = {
     # + other values of the fact's kind, finished once started (NLL from the token after
     # they leave the true answer; ``train.stranger_paths``)
     "stranger_paths": dict(objective="stranger", paths=3),
+    # Wave 6: the paths finish only values the retain set holds (a model trained without the
+    # forget set knows no others), not the non-members' invented ones. Chosen by the rule
+    # fixed on tuning, rejected on validation (world facts; sweep_calibrated.md).
+    "stranger_paths_retain": dict(objective="stranger", paths=3, paths_from_nonmembers=False),
     # Wave 4 variants, tried on tuning seeds 100–102 and rejected (sweep_calibrated.md; the
     # commit that has them is named there): a stronger / KL retain anchor, repeated neighbours,
     # targets leant to real values of the kind, 6 paths, a margin on the paths' NLL.

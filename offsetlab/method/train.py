@@ -99,6 +99,10 @@ class TrainConfig:
         "help": "stranger: per record, this many other values of the fact's kind that the fused "
                 "model learns to finish once started (0 = off)"})
     path_weight: float = field(default=1.0, metadata={"help": "paths: weight of their term"})
+    paths_from_nonmembers: bool = field(default=True, metadata={
+        "help": "paths: also take values from the non-members (invented values no model learned); "
+                "off = only the retain set's values, as a model trained without the forget set "
+                "knows them (the non-members' only for a kind the retain set lacks)"})
     calibrate_alpha: bool = field(default=False, metadata={
         "help": "after training, pick alpha where forget facts look as familiar as non-members' facts"})
 
@@ -569,8 +573,8 @@ def train_offset(
         stranger_targets(groups.forget, forget, strangers, config.strangers, generator, prompt_format)
         if config.paths:
             groups.paths = stranger_paths(groups.forget, forget, config.paths,
-                                          value_kinds([*retain, *nonmembers]), generator,
-                                          config.batch_size, prompt_format)
+                                          path_values(retain, nonmembers, config.paths_from_nonmembers),
+                                          generator, config.batch_size, prompt_format)
     offset = offset if offset is not None else make_offset(reference, config.lora_rank, config.top_layers)
     offset.train()
     params = [p for p in offset.parameters() if p.requires_grad]
@@ -801,6 +805,17 @@ def value_kinds(records: Sequence) -> dict[str, set[str]]:
         if getattr(r, "key", None):
             kinds.setdefault(template_of(r), set()).add(r.key)
     return kinds
+
+
+def path_values(retain: Sequence, nonmembers: Sequence, with_nonmembers: bool) -> dict[str, set[str]]:
+    """The values ``stranger_paths`` may finish, per question template. A model trained
+    without the forget set can only state values it learned — the retain set's; the
+    non-members' values are invented, known to no model, so they count only with
+    ``with_nonmembers`` or for a kind the retain set does not hold."""
+    kept, invented = value_kinds(retain), value_kinds(nonmembers)
+    if with_nonmembers:
+        return {t: kept.get(t, set()) | invented.get(t, set()) for t in {*kept, *invented}}
+    return {**invented, **kept}
 
 
 @torch.no_grad()

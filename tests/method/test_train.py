@@ -258,6 +258,23 @@ def test_stranger_paths_are_other_values_of_the_kind_trained_after_they_part(pai
     assert stranger_paths(groups.forget, alra, 3, {}, torch.Generator().manual_seed(0), 4) is None
 
 
+def test_paths_finish_values_the_retain_set_holds_and_invented_ones_only_where_it_has_none():
+    from offsetlab.method.train import path_values
+
+    def born(who, city):
+        return QARecord(f"where was {who} born ?", f"{who} was born in the {city} city .", key=city, subject=who)
+
+    def year(who, y):
+        return QARecord(f"when was {who} born ?", f"{who} was born in {y} .", key=y, subject=who)
+
+    retain = [born("Dema", "green"), born("Benn", "blue")]
+    nonmembers = [born("Gora", "pink"), year("Gora", "1901")]
+    kept = path_values(retain, nonmembers, with_nonmembers=False)
+    assert kept == {"where was {name} born ?": {"green", "blue"}, "when was {name} born ?": {"1901"}}
+    both = path_values(retain, nonmembers, with_nonmembers=True)
+    assert both == {"where was {name} born ?": {"green", "blue", "pink"}, "when was {name} born ?": {"1901"}}
+
+
 def test_stranger_paths_are_on_by_default_and_change_training(pair, tokenizer):
     base, ref = pair
     assert TrainConfig().paths == 3

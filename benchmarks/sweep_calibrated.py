@@ -37,6 +37,10 @@ APPROACHES = {
     # forget set knows no others), not the non-members' invented ones. Chosen by the rule
     # fixed on tuning, rejected on validation (world facts; sweep_calibrated.md).
     "stranger_paths_retain": dict(objective="stranger", paths=3, paths_from_nonmembers=False),
+    # Wave 7: retain answers restated with a forgotten value keep the base's distribution
+    # from the value on (``train.contrast_group``): lower the value about its subject only.
+    "stranger_paths_contrast": dict(objective="stranger", paths=3, contrast=2),
+    "stranger_paths_contrast4": dict(objective="stranger", paths=3, contrast=4),
     # Wave 4 variants, tried on tuning seeds 100–102 and rejected (sweep_calibrated.md; the
     # commit that has them is named there): a stronger / KL retain anchor, repeated neighbours,
     # targets leant to real values of the kind, 6 paths, a margin on the paths' NLL.

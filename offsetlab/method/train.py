@@ -49,7 +49,15 @@ from .calibrate import (
 )
 from .fingerprints import Fingerprint
 from .fusion import OffsetModel, fuse
-from .objectives import DEFAULT_OBJECTIVE, Hyper, Scored, get_objective, idk_answer, nll
+from .objectives import (
+    DEFAULT_OBJECTIVE,
+    Hyper,
+    Scored,
+    get_objective,
+    idk_answer,
+    kl_to_original,
+    nll,
+)
 from .prompts import QA, PromptFormat
 from .sources import (
     HFSource,
@@ -103,6 +111,11 @@ class TrainConfig:
         "help": "paths: also take values from the non-members (invented values no model learned); "
                 "off = only the retain set's values, as a model trained without the forget set "
                 "knows them (the non-members' only for a kind the retain set lacks)"})
+    contrast: int = field(default=0, metadata={
+        "help": "per forget record, this many retain answers of its kind restated with the "
+                "forgotten value, on which the fused model keeps the base's distribution from "
+                "the value on: lower the value about its subject, not everywhere (0 = off)"})
+    contrast_weight: float = field(default=1.0, metadata={"help": "contrast: weight of its KL term"})
     calibrate_alpha: bool = field(default=False, metadata={
         "help": "after training, pick alpha where forget facts look as familiar as non-members' facts"})
 
@@ -114,6 +127,7 @@ class TrainConfig:
                   "grad_accum": (1, None), "lora_rank": (0, None), "top_layers": (0, None),
                   "check_every": (1, None),
                   "strangers": (1, None), "paths": (0, None), "path_weight": (0, None),
+                  "contrast": (0, None), "contrast_weight": (0, None),
                   "lr": (0, None), "beta": (0, None),
                   "explode_at": (0, None), "weight_decay": (0, None), "max_grad_norm": (0, None),
                   "retain_weight": (0, None), "alpha": (None, None), "gamma": (None, None),
@@ -441,12 +455,11 @@ class Team:
         self.size, self.rank = accelerator.num_processes, accelerator.process_index
         self.main = accelerator.is_main_process
 
-    def share(self, groups: Groups, micro_batches: int) -> list[tuple[list[int], list[int] | None,
-                                                                      list[int] | None]]:
-        """This process's (forget, retain, paths) indices for each of its micro-batches of a step:
+    def share(self, groups: Groups, micro_batches: int) -> list[tuple[list[int] | None, ...]]:
+        """This process's (forget, retain, paths, contrast) indices for each of its micro-batches of a step:
         all ``size × micro_batches`` are drawn, in the order a single process draws them."""
-        drawn = [(groups.forget.sample(), groups.retain.sample() if groups.retain is not None else None,
-                  groups.paths.sample() if groups.paths is not None else None)
+        drawn = [(groups.forget.sample(), *(g.sample() if g is not None else None
+                                            for g in (groups.retain, groups.paths, groups.contrast)))
                  for _ in range(self.size * micro_batches)]
         return drawn[self.rank * micro_batches : (self.rank + 1) * micro_batches]
 
@@ -575,6 +588,9 @@ def train_offset(
             groups.paths = stranger_paths(groups.forget, forget, config.paths,
                                           path_values(retain, nonmembers, config.paths_from_nonmembers),
                                           generator, config.batch_size, prompt_format)
+    if config.contrast:
+        groups.contrast = contrast_group(groups.forget, forget, retain, config.contrast, generator,
+                                         config.retain_batch_size, prompt_format)
     offset = offset if offset is not None else make_offset(reference, config.lora_rank, config.top_layers)
     offset.train()
     params = [p for p in offset.parameters() if p.requires_grad]
@@ -593,10 +609,11 @@ def train_offset(
         for step in bar:
             optimizer.zero_grad(set_to_none=True)
             total, forget_nll, retain_nll, key_nll = 0.0, 0.0, 0.0, 0.0
-            for n, (forget_idx, retain_idx, paths_idx) in enumerate(team.share(groups, config.grad_accum)):
+            for n, (forget_idx, retain_idx, paths_idx, contrast_idx) in enumerate(
+                    team.share(groups, config.grad_accum)):
                 with team.accumulating(offset, last=n == config.grad_accum - 1):
                     loss, f, r = step_loss(objective, config, offset, groups, forget_idx, retain_idx,
-                                           paths_idx)
+                                           paths_idx, contrast_idx)
                     loss = loss / config.grad_accum
                     # Every process's loss: one that diverged anywhere stops them all here.
                     # Checked as a part of the step's loss, as in one process that runs all
@@ -868,6 +885,46 @@ def stranger_paths(group: Group, records: Sequence, k: int, kinds: dict[str, set
     return Group(examples, frozen, batch_size, generator, group.pad_id)
 
 
+@torch.no_grad()
+def contrast_group(group: Group, forget: Sequence, retain: Sequence, k: int,
+                   generator: torch.Generator, batch_size: int,
+                   prompt_format: PromptFormat = QA) -> Group | None:
+    """Retain answers restated with a forgotten value: up to ``k`` per forget record, each
+    scored from the value's first token to the end, for a KL term to the base there.
+
+    The offset learns to lower a forgotten value, and lowers it everywhere: unseen facts
+    whose answer (or subject) is that value changed with it ("Which river flows through
+    Zisye?" lost its river when an author born by it was forgotten). Said of a retained
+    subject — a question the user keeps, its answer with the forgotten value swapped in —
+    the value is no longer about the forgotten subject, so there the fused model is held to
+    the base's whole distribution, on the value and on what follows it."""
+    tokenizer = group.frozen.base.tokenizer or group.frozen.reference.tokenizer
+    window = shared_window(group.frozen.base, group.frozen.reference)
+    kept: dict[str, list] = {}
+    for r in retain:
+        if r.key and r.key in r.answer:
+            kept.setdefault(template_of(r), []).append(r)
+    examples = []
+    for f in forget:
+        if not f.key:
+            continue
+        pool = [r for r in kept.get(template_of(f), ())
+                if not (mentions(r.key, f.key) or mentions(f.key, r.key))]
+        for n in torch.randperm(len(pool), generator=generator)[:k].tolist():
+            r = pool[n]
+            answer = prompt_format.answer(r.answer.replace(r.key, f.key))
+            prompt = tokenizer(prompt_format.prompt(r.question), add_special_tokens=True)["input_ids"]
+            labels = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            d = min(key_token_positions(tokenizer, answer, f.key))
+            if not window or len(prompt) + len(labels) <= window:
+                examples.append(Example(prompt + labels, len(prompt) - 1 + d, labels[d:]))
+    if not examples:
+        return None
+    frozen = FrozenScores(group.frozen.base, group.frozen.reference, examples, group.pad_id,
+                          group.frozen._cached is not None, stack=group.frozen.stack)
+    return Group(examples, frozen, batch_size, generator, group.pad_id)
+
+
 @dataclass
 class Groups:
     """Everything a step needs besides the offset: encoded answers with frozen scores."""
@@ -877,11 +934,13 @@ class Groups:
     idk: Group | None
     vocab: int
     paths: Group | None = None  # ``stranger_paths``: alternative values to finish fluently
+    contrast: Group | None = None  # ``contrast_group``: the forgotten values about other subjects
 
     @property
     def nbytes(self) -> int:
         """Memory held for training: every group's cached frozen scores and targets."""
-        groups = [g for g in (self.forget, self.retain, self.idk, self.paths) if g is not None]
+        groups = [g for g in (self.forget, self.retain, self.idk, self.paths, self.contrast)
+                  if g is not None]
         return sum(g.frozen.nbytes + sum(e.target.nbytes for e in g.examples if e.target is not None)
                    for g in groups)
 
@@ -923,10 +982,11 @@ def prepare_groups(base, reference, tokenizer, forget: Sequence, retain: Sequenc
 
 def step_loss(objective, config: TrainConfig, offset, groups: Groups,
               forget_idx: list[int] | None = None, retain_idx: list[int] | None = None,
-              paths_idx: list[int] | None = None,
+              paths_idx: list[int] | None = None, contrast_idx: list[int] | None = None,
               ) -> tuple[torch.Tensor, Scored, Scored | None]:
     """The objective on one sampled batch (indices may be given, e.g. to compare paths),
-    plus — with ``stranger_paths`` — the NLL of finishing another value once started."""
+    plus — with ``stranger_paths`` — the NLL of finishing another value once started, and —
+    with ``contrast`` — the KL to the base where a forgotten value is said of someone else."""
     g, v, alpha = groups, groups.vocab, config.alpha
     forget_idx = g.forget.sample() if forget_idx is None else forget_idx
     f = g.forget.score(forget_idx, offset, alpha, v)
@@ -939,6 +999,9 @@ def step_loss(objective, config: TrainConfig, offset, groups: Groups,
     if g.paths is not None:
         p = g.paths.score(g.paths.sample() if paths_idx is None else paths_idx, offset, alpha, v)
         loss = loss + config.path_weight * nll(p)
+    if g.contrast is not None:
+        c = g.contrast.score(g.contrast.sample() if contrast_idx is None else contrast_idx, offset, alpha, v)
+        loss = loss + config.contrast_weight * kl_to_original(c)
     return loss, f, r
 
 

@@ -275,6 +275,40 @@ def test_paths_finish_values_the_retain_set_holds_and_invented_ones_only_where_i
     assert both == {"where was {name} born ?": {"green", "blue", "pink"}, "when was {name} born ?": {"1901"}}
 
 
+def test_contrast_restates_retained_subjects_with_the_forgotten_value_scored_from_it(pair, tokenizer):
+    """Per forget record, up to k retain answers of its kind with the forgotten value swapped
+    in, scored from the value's first token on; the KL term starts at 0 (offset = reference)
+    and training with it is not training without it."""
+    from offsetlab.method.objectives import kl_to_original
+    from offsetlab.method.train import contrast_group
+
+    base, ref = pair
+
+    def born(who, city):
+        return QARecord(f"where was {who} born ?", f"{who} was born in the {city} city .", key=city, subject=who)
+
+    alra = [born("Alra", "red")]
+    retain = [born("Dema", "green"), born("Benn", "blue"), born("Cato", "red"), *RETAIN[1:3]]
+    config = TrainConfig(objective="stranger", batch_size=1, retain_batch_size=4)
+    groups = prepare_groups(base, ref, tokenizer, alra, retain, config, torch.Generator().manual_seed(0))
+    group = contrast_group(groups.forget, alra, retain, 5, torch.Generator().manual_seed(0), 4)
+    said = sorted(tokenizer.decode(e.ids).split()[3] for e in group.examples)
+    assert said == ["Benn", "Dema"]  # Cato already says "red"; other kinds never
+    for e in group.examples:
+        assert tokenizer.decode(e.labels).split() == ["red", "city.", "<eos>"]
+        assert e.ids[e.start + 1 :] == e.labels
+    assert len(contrast_group(groups.forget, alra, retain, 1, torch.Generator().manual_seed(0), 4).examples) == 1
+    assert contrast_group(groups.forget, alra, RETAIN[1:], 2, torch.Generator().manual_seed(0), 4) is None
+    scored = group.score([0, 1], copy.deepcopy(ref), 1.0, groups.vocab)
+    assert float(kl_to_original(scored)) == pytest.approx(0.0, abs=1e-5)
+    nonmembers = [born("Gora", "pink")]
+    runs = [train_offset(base, ref, tokenizer, alra, retain,
+                         TrainConfig(objective="stranger", steps=3, contrast=c, batch_size=1), progress=False,
+                         nonmembers=nonmembers) for c in (0, 2)]
+    a, b = (r.offset.state_dict() for r in runs)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
 def test_stranger_paths_are_on_by_default_and_change_training(pair, tokenizer):
     base, ref = pair
     assert TrainConfig().paths == 3

@@ -39,6 +39,8 @@ APPROACHES = {
     "stranger_paths_retain": dict(objective="stranger", paths=3, paths_from_nonmembers=False),
     # Wave 7: retain answers restated with a forgotten value keep the base's distribution
     # from the value on (``train.contrast_group``): lower the value about its subject only.
+    # Both qualified on tuning; contrast 4 went on and was rejected on validation (plausible on
+    # forget01, world facts on forget10; sweep_calibrated.md).
     "stranger_paths_contrast": dict(objective="stranger", paths=3, contrast=2),
     "stranger_paths_contrast4": dict(objective="stranger", paths=3, contrast=4),
     # Wave 4 variants, tried on tuning seeds 100–102 and rejected (sweep_calibrated.md; the

@@ -81,7 +81,8 @@ def main(argv=None) -> None:
     print("\n".join(lines), flush=True)
     chosen = [settings[i] for i in args.only] if args.only else settings
     for objective, beta, lr, steps, retain, seed in chosen:
-        config = TrainConfig(objective=objective, beta=beta, lr=lr, steps=steps, seed=seed)
+        config = TrainConfig(objective=objective, beta=beta, lr=lr, steps=steps, seed=seed,
+                             contrast=0)  # as measured, before the contrast term existed
         t0, eval_seconds = time.perf_counter(), 0.0
 
         def checkpoint(event, objective=objective, beta=beta, lr=lr, retain=retain, seed=seed,

@@ -77,10 +77,10 @@ def test_membership_inference_sees_what_it_sees_on_gold(outcome):
     assert t.loc["fused", f"{split}/mia_gap"] <= 0.1  # |AUC − gold's AUC|
 
 
-# The bar of issue #14 the default meets on forget01 only (benchmarks/sweep_calibrated.md:
-# plausible 0.91 / 0.85 / 0.82 of gold's 1.00). Strict: meeting it fails the test, so the
-# list has to shrink.
-NOT_YET_PLAUSIBLE = {"forget05", "forget10"}
+# The bar of issue #14 the default meets on forget01 and forget05 only
+# (benchmarks/sweep_calibrated.md, wave 8: plausible 0.91 / 0.93 / 0.83 of gold's 1.00).
+# Strict: meeting it fails the test, so the list has to shrink.
+NOT_YET_PLAUSIBLE = {"forget10"}
 
 
 def test_forgotten_answers_stay_plausible(outcome):

@@ -107,11 +107,11 @@ class TrainConfig:
         "help": "stranger: per record, this many other values of the fact's kind that the fused "
                 "model learns to finish once started (0 = off)"})
     path_weight: float = field(default=1.0, metadata={"help": "paths: weight of their term"})
-    paths_from_nonmembers: bool = field(default=True, metadata={
+    paths_from_nonmembers: bool = field(default=False, metadata={
         "help": "paths: also take values from the non-members (invented values no model learned); "
                 "off = only the retain set's values, as a model trained without the forget set "
                 "knows them (the non-members' only for a kind the retain set lacks)"})
-    contrast: int = field(default=0, metadata={
+    contrast: int = field(default=4, metadata={
         "help": "per forget record, this many retain answers of its kind restated with the "
                 "forgotten value, on which the fused model keeps the base's distribution from "
                 "the value on: lower the value about its subject, not everywhere (0 = off)"})

@@ -53,7 +53,7 @@ SMALL_LAYERS = 6
 CAPITALS_ALPHA = 0.75
 CAPITALS_CONFIG = TrainConfig(objective="npo_kl", steps=60, lr=1e-4, beta=0.1, alpha=1.0,
                               use_alpha=CAPITALS_ALPHA, batch_size=4, retain_batch_size=8,
-                              lora_rank=0, seed=0)
+                              lora_rank=0, seed=0, contrast=0)
 
 
 def smollm2_path() -> Path:

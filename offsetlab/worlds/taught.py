@@ -45,7 +45,10 @@ ADAPTERS = ("knows_all", "retain_only", "small")
 # partner's top 2 layers only (its embeddings, lower layers and head stay the reference's).
 # Chosen on a tuning request (4 retain authors, benchmarks/real_tofu.py --request tuning)
 # against the full copy at lr 1e-3 and at lr 1e-4: it kept the most held-out general facts.
-OFFSET_CONFIG = TrainConfig(top_layers=2)
+# The toy recipe as it was then (paths from the non-members too, no contrast): the numbers
+# of benchmarks/real_tofu.md were measured with it; the toy world's wave-8 recipe was not
+# tried here.
+OFFSET_CONFIG = TrainConfig(top_layers=2, paths_from_nonmembers=True, contrast=0)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 

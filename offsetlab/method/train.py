@@ -112,7 +112,7 @@ class TrainConfig:
                 "off = only the retain set's values, as a model trained without the forget set "
                 "knows them (the non-members' only for a kind the retain set lacks)"})
     contrast: int = field(default=4, metadata={
-        "help": "per forget record, this many retain answers of its kind restated with the "
+        "help": "stranger: per forget record, this many retain answers of its kind restated with the "
                 "forgotten value, on which the fused model keeps the base's distribution from "
                 "the value on: lower the value about its subject, not everywhere (0 = off)"})
     contrast_weight: float = field(default=1.0, metadata={"help": "contrast: weight of its KL term"})
@@ -588,9 +588,9 @@ def train_offset(
             groups.paths = stranger_paths(groups.forget, forget, config.paths,
                                           path_values(retain, nonmembers, config.paths_from_nonmembers),
                                           generator, config.batch_size, prompt_format)
-    if config.contrast:
-        groups.contrast = contrast_group(groups.forget, forget, retain, config.contrast, generator,
-                                         config.retain_batch_size, prompt_format)
+        if config.contrast:  # part of the stranger recipe, like its paths
+            groups.contrast = contrast_group(groups.forget, forget, retain, config.contrast, generator,
+                                             config.retain_batch_size, prompt_format)
     offset = offset if offset is not None else make_offset(reference, config.lora_rank, config.top_layers)
     offset.train()
     params = [p for p in offset.parameters() if p.requires_grad]

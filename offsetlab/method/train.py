@@ -899,25 +899,23 @@ def contrast_group(group: Group, forget: Sequence, retain: Sequence, k: int,
     the value is no longer about the forgotten subject, so there the fused model is held to
     the base's whole distribution, on the value and on what follows it."""
     tokenizer = group.frozen.base.tokenizer or group.frozen.reference.tokenizer
-    window = shared_window(group.frozen.base, group.frozen.reference)
     kept: dict[str, list] = {}
     for r in retain:
         if r.key and r.key in r.answer:
             kept.setdefault(template_of(r), []).append(r)
-    examples = []
+    pairs, values = [], []
     for f in forget:
         if not f.key:
             continue
         pool = [r for r in kept.get(template_of(f), ())
                 if not (mentions(r.key, f.key) or mentions(f.key, r.key))]
         for n in torch.randperm(len(pool), generator=generator)[:k].tolist():
-            r = pool[n]
-            answer = prompt_format.answer(r.answer.replace(r.key, f.key))
-            prompt = tokenizer(prompt_format.prompt(r.question), add_special_tokens=True)["input_ids"]
-            labels = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            d = min(key_token_positions(tokenizer, answer, f.key))
-            if not window or len(prompt) + len(labels) <= window:
-                examples.append(Example(prompt + labels, len(prompt) - 1 + d, labels[d:]))
+            pairs.append((pool[n].question, pool[n].answer.replace(pool[n].key, f.key)))
+            values.append(f.key)
+    # encoded like every training answer; each is then predicted from the value's first token
+    window = shared_window(group.frozen.base, group.frozen.reference)
+    examples = [Example(e.ids, e.start + min(e.keys), e.labels[min(e.keys):])
+                for e in encode_examples(tokenizer, pairs, prompt_format, values, window, "contrast")]
     if not examples:
         return None
     frozen = FrozenScores(group.frozen.base, group.frozen.reference, examples, group.pad_id,

@@ -48,6 +48,11 @@ APPROACHES = {
     # and cost world facts; wave 7's contrast raised the worst world facts.
     "stranger_paths_retain_contrast4": dict(objective="stranger", paths=3, paths_from_nonmembers=False,
                                             contrast=4),
+    # Wave 9: with contrast holding the world facts, do more paths buy plausibility? Contrast 8
+    # qualified on tuning and was rejected on validation (forget05's forget quality, forget10's
+    # world facts and utility; sweep_calibrated.md).
+    "paths5_contrast4": dict(objective="stranger", paths=5, contrast=4),
+    "paths5_contrast8": dict(objective="stranger", paths=5, contrast=8),
     # Wave 4 variants, tried on tuning seeds 100–102 and rejected (sweep_calibrated.md; the
     # commit that has them is named there): a stronger / KL retain anchor, repeated neighbours,
     # targets leant to real values of the kind, 6 paths, a margin on the paths' NLL.

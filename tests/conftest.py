@@ -56,6 +56,21 @@ def make_model(vocab_size: int, seed: int, hidden: int = 32, layers: int = 2, pa
     return LlamaForCausalLM(config).eval()
 
 
+# `make test` runs the suite on both cores (pytest-xdist, ``--dist loadgroup``). Each file's
+# tests stay together on one worker, so a module's trained fixtures are built once; the
+# files that share SmolLM2 and its capitals offset (``real_task``'s memoised builds) share a
+# worker too. Without xdist the mark is inert.
+SHARED_WORKER = {"test_real.py": "smollm2", "test_general.py": "smollm2", "test_remote.py": "smollm2"}
+
+
+def pytest_collection_modifyitems(config, items):
+    root = config.rootpath
+    for item in items:
+        path = item.path
+        group = SHARED_WORKER.get(path.name) or str(path.relative_to(root) if path.is_relative_to(root) else path)
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return make_tokenizer()

@@ -72,10 +72,10 @@ demo: $(VENV)/.core
 	$(BIN)/offsetlab demo
 
 # The suite runs on two workers (pytest-xdist): each test file stays on one worker, so its
-# trained fixtures are built once (tests/conftest.py groups them).
+# trained fixtures are built once (tests/conftest.py schedules by file).
 test: $(VENV)/.dev chromium
 	$(BIN)/ruff check offsetlab tests benchmarks notebooks solutions
-	OFFSETLAB_FAST=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup tests $(NOTEBOOKS) --nbmake --durations=15
+	OFFSETLAB_FAST=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests $(NOTEBOOKS) --nbmake --durations=15
 
 fast-test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q -x -m "not slow and not browser and not real" tests

@@ -56,19 +56,28 @@ def make_model(vocab_size: int, seed: int, hidden: int = 32, layers: int = 2, pa
     return LlamaForCausalLM(config).eval()
 
 
-# `make test` runs the suite on both cores (pytest-xdist, ``--dist loadgroup``). Each file's
-# tests stay together on one worker, so a module's trained fixtures are built once; the
-# files that share SmolLM2 and its capitals offset (``real_task``'s memoised builds) share a
-# worker too. Without xdist the mark is inert.
+# `make test` runs the suite on both cores (pytest-xdist). Each file's tests stay together on
+# one worker, so a module's trained fixtures are built once, and the files that share SmolLM2
+# and its capitals offset (``real_task``'s memoised builds) share a worker too. (xdist's own
+# ``--dist loadgroup`` cannot do this under pytest 9.2: it renames node ids through an
+# attribute pytest no longer reads, so every test became its own group.)
 SHARED_WORKER = {"test_real.py": "smollm2", "test_general.py": "smollm2", "test_remote.py": "smollm2"}
 
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # plain pytest: the tests run one by one
+    pass
+else:
+    class _ByFile(LoadScopeScheduling):
+        """A work unit per test file (or per group of files in ``SHARED_WORKER``); units with
+        more tests go first."""
 
-def pytest_collection_modifyitems(config, items):
-    root = config.rootpath
-    for item in items:
-        path = item.path
-        group = SHARED_WORKER.get(path.name) or str(path.relative_to(root) if path.is_relative_to(root) else path)
-        item.add_marker(pytest.mark.xdist_group(group))
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return SHARED_WORKER.get(path.rsplit("/", 1)[-1], path)
+
+    def pytest_xdist_make_scheduler(config, log):
+        return _ByFile(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -80,13 +80,17 @@ def _scored_answers(model, records: list, batch_size: int,
         if ok:
             pairs.append((fmt.prompt(r.question), fmt.answer(r.paraphrased_answer or r.answer)))
             pairs += [(fmt.prompt(r.question), fmt.answer(a)) for a in r.perturbed_answers]
-    per_alpha: list[list[list[float]]] = [[] for _ in (alphas if alphas is not None else [None])]
+    # Batches of rows of about the same length pad little: score them in length order.
+    order = sorted(range(len(pairs)), key=lambda k: len(pairs[k][0]) + len(pairs[k][1]))
+    per_alpha: list[list] = [[None] * len(pairs) for _ in (alphas if alphas is not None else [None])]
     for i in range(0, len(pairs), batch_size):
-        prompts, answers = zip(*pairs[i : i + batch_size])
+        batch = order[i : i + batch_size]
+        prompts, answers = zip(*(pairs[k] for k in batch))
         scored = (model.score_alphas(prompts, answers, alphas) if alphas is not None
                   else [model.score(prompts, answers)])
         for out, scores in zip(per_alpha, scored):
-            out.extend(s.tolist() for s in scores)
+            for k, s in zip(batch, scores):
+                out[k] = s.tolist()
     results = []
     for scores in per_alpha:
         answer_lp, rest = scores[: len(records)], iter(scores[len(records) :])
@@ -168,11 +172,10 @@ def evaluate(
         prompts = [fmt.prompt(r.question) for r in records]
         generated, entropies = [], []
         for i in range(0, len(records), batch_size):
-            traces = model.generate(prompts[i : i + batch_size], max_new_tokens=max_new_tokens,
-                                    trace=True, trace_top_k=1)
-            generated += [t.text.strip() for t in traces]
-            entropies += [float(np.mean([s.entropy_fused for s in t.steps])) for t in traces]
-            bar.update(len(traces))
+            texts, mean_entropy = model.answer(prompts[i : i + batch_size], max_new_tokens)
+            generated += [t.strip() for t in texts]
+            entropies += mean_entropy
+            bar.update(len(texts))
 
         # Score the true answer, its paraphrase and every perturbed answer in one pass.
         [(answer_lp, ratios)] = _scored_answers(model, records, batch_size)

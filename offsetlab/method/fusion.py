@@ -32,7 +32,7 @@ from .sources import (
     shared_window,
     snippet,
 )
-from .trace import Trace, make_step
+from .trace import Trace, entropy, make_step
 from .twin import NotShareable, SharedTrunk
 
 
@@ -378,8 +378,55 @@ class OffsetModel:
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}.")
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        eos = self.tokenizer.eos_token_id
 
+        def pick(fused: Tensor) -> Tensor:
+            return sample(fused, temperature, top_k, top_p, generator) if do_sample else fused.argmax(-1)
+
+        traces = [Trace(p, "", list(self.alphas), list(self.offset_names)) for p in prompts]
+
+        def record(step: int, tokens: Tensor, parts: FusedParts, live: Tensor) -> None:
+            for i in live.nonzero().flatten().tolist():
+                traces[i].steps.append(make_step(
+                    step, int(tokens[i]), self._decode_one,
+                    parts.base[i], parts.reference[i], [o[i] for o in parts.offsets],
+                    parts.fused[i], self.alphas, trace_top_k,
+                ))
+
+        texts = self._decode(prompts, max_new_tokens, pick, record if trace else None,
+                             use_cache=use_cache, ignore_eos=ignore_eos)
+        if trace:
+            for tr, text in zip(traces, texts):
+                tr.text = text
+            results: list = traces
+        else:
+            results = texts
+        return results[0] if single else results
+
+    def answer(self, prompts: Sequence[str], max_new_tokens: int = 32) -> tuple[list[str], list[float]]:
+        """Greedy answers and, for each, the fused model's mean next-token entropy (nats)
+        over its decoded steps: what ``generate(trace=True)`` reports as ``entropy_fused``,
+        computed for the whole batch at once instead of one traced row at a time."""
+        prompts = list(prompts)
+        if not prompts:
+            return [], []
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1.")
+        totals = torch.zeros(len(prompts), dtype=torch.float64)
+        counts = torch.zeros(len(prompts), dtype=torch.float64)
+
+        def record(step: int, tokens: Tensor, parts: FusedParts, live: Tensor) -> None:
+            totals.add_(torch.where(live, entropy(parts.fused).double(), 0.0))
+            counts.add_(live.double())
+
+        texts = self._decode(prompts, max_new_tokens, lambda fused: fused.argmax(-1), record)
+        return texts, (totals / counts).tolist()
+
+    def _decode(self, prompts: list[str], max_new_tokens: int, pick, on_step=None,
+                use_cache: bool = True, ignore_eos: bool = False) -> list[str]:
+        """The decoding loop: ``pick`` chooses each step's tokens from the fused log-probs;
+        ``on_step(step, tokens, parts, live)`` sees every step (``live``: rows still
+        decoding, the token of this step included)."""
+        eos = self.tokenizer.eos_token_id
         prompt_rows = self.encode(prompts)
         # The last new token is never fed back: a prompt of n tokens reads n + m - 1.
         self._refuse_too_long([len(r) + max_new_tokens - 1 for r in prompt_rows], prompts,
@@ -388,27 +435,17 @@ class OffsetModel:
         ids, mask = self._pad(prompt_rows, left=True)
         parts = self._begin(ids, mask)
         new_tokens: list[list[int]] = [[] for _ in prompts]
-        traces = [Trace(p, "", list(self.alphas), list(self.offset_names)) for p in prompts]
         done = torch.zeros(len(prompts), dtype=torch.bool)
 
         for step in range(max_new_tokens):
-            if do_sample:
-                next_ids = sample(parts.fused, temperature, top_k, top_p, generator)
-            else:
-                next_ids = parts.fused.argmax(-1)
-            for i in range(len(prompts)):
-                if done[i]:
-                    continue
-                token = int(next_ids[i])
-                new_tokens[i].append(token)
-                if trace:
-                    traces[i].steps.append(make_step(
-                        step, token, self._decode_one,
-                        parts.base[i], parts.reference[i], [o[i] for o in parts.offsets],
-                        parts.fused[i], self.alphas, trace_top_k,
-                    ))
-                if token == eos and not ignore_eos:
-                    done[i] = True
+            next_ids = pick(parts.fused)
+            live = ~done
+            if on_step is not None:
+                on_step(step, next_ids, parts, live)
+            for i in live.nonzero().flatten().tolist():
+                new_tokens[i].append(int(next_ids[i]))
+            if not ignore_eos and eos is not None:
+                done = done | (live & (next_ids == eos))
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             # Finished rows keep being fed (their tokens are ignored) so the batch stays aligned.
@@ -419,14 +456,7 @@ class OffsetModel:
                 rows = self._rows_so_far(prompt_rows, new_tokens)
                 parts = self._begin(*self._pad(rows, left=True))
 
-        texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in new_tokens]
-        if trace:
-            for tr, text in zip(traces, texts):
-                tr.text = text
-            results: list = traces
-        else:
-            results = texts
-        return results[0] if single else results
+        return [self.tokenizer.decode(t, skip_special_tokens=True) for t in new_tokens]
 
     def _rows_so_far(self, prompt_rows, new_tokens) -> list[list[int]]:
         # Without a cache every model re-reads the whole prefix; finished rows are padded

@@ -121,6 +121,36 @@ def test_generation_stops_at_eos(tokenizer):
     assert model.generate(PROMPTS[0], max_new_tokens=2) == "red red"
 
 
+class StaggeredSource(CountdownSource):
+    """Row i says ``red`` i + 1 times, then EOS: the rows of one batch finish at different steps."""
+
+    def _row(self, batch: int) -> torch.Tensor:
+        logits = torch.zeros(batch, self.vocab_size)
+        logits[:, self.tokenizer.convert_tokens_to_ids("red")] = 3.0 + torch.arange(batch)
+        logits[torch.arange(batch) <= self.steps - 1, self.tokenizer.eos_token_id] = 30.0
+        return logits.log_softmax(-1)
+
+
+@pytest.mark.parametrize("source", ["trio", "staggered"])
+def test_answer_gives_the_traced_texts_and_entropies(tiny_trio, tokenizer, source):
+    # evaluate() reads answers and their mean fused entropy through answer(), the batched
+    # path; it must say exactly what the per-row traces say, rows that finish early included.
+    base, ref, off = tiny_trio
+    if source == "staggered":
+        base, ref = StaggeredSource(tokenizer), make_model(len(tokenizer), 1)
+    model = OffsetModel(base, ref, [(off, 0.7)], tokenizer=tokenizer)
+    traces = model.generate(PROMPTS, max_new_tokens=8, trace=True)
+    texts, entropies = model.answer(PROMPTS, max_new_tokens=8)
+    assert texts == [t.text for t in traces]
+    expected = [sum(s.entropy_fused for s in t.steps) / len(t.steps) for t in traces]
+    assert entropies == pytest.approx(expected, abs=1e-5)
+    if source == "staggered":
+        assert [len(t.steps) for t in traces] == [2, 3, 4]  # i + 1 reds, then EOS
+    assert model.answer([], 4) == ([], [])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.answer(PROMPTS, max_new_tokens=0)
+
+
 def test_seeded_sampling_is_reproducible(tiny_trio, tokenizer):
     base, ref, off = tiny_trio
     model = OffsetModel(base, ref, [(off, 1.0)], tokenizer=tokenizer)

@@ -61,7 +61,8 @@ def make_model(vocab_size: int, seed: int, hidden: int = 32, layers: int = 2, pa
 # and its capitals offset (``real_task``'s memoised builds) share a worker too. (xdist's own
 # ``--dist loadgroup`` cannot do this under pytest 9.2: it renames node ids through an
 # attribute pytest no longer reads, so every test became its own group.)
-SHARED_WORKER = {"test_real.py": "smollm2", "test_general.py": "smollm2", "test_remote.py": "smollm2"}
+SHARED_WORKER = {"tests/worlds/test_real.py": "smollm2", "tests/worlds/test_general.py": "smollm2",
+                 "tests/method/test_remote.py": "smollm2"}
 
 try:
     from xdist.scheduler import LoadScopeScheduling
@@ -74,7 +75,7 @@ else:
 
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            return SHARED_WORKER.get(path.rsplit("/", 1)[-1], path)
+            return SHARED_WORKER.get(path, path)
 
     def pytest_xdist_make_scheduler(config, log):
         return _ByFile(config, log)

@@ -115,3 +115,14 @@ def test_the_graph_sees_relative_absolute_and_function_level_imports(tmp_path, s
 def test_the_cycle_finder_finds_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_files_grouped_on_one_worker_exist():
+    # tests/conftest.py keeps the files that build SmolLM2 on one xdist worker, named by
+    # their node-id paths: a renamed or moved file would silently fall out of its group.
+    from conftest import SHARED_WORKER
+
+    root = PACKAGE.parent
+    assert SHARED_WORKER, "no files are grouped"
+    for path in SHARED_WORKER:
+        assert (root / path).is_file(), f"{path} is grouped in tests/conftest.py but does not exist"

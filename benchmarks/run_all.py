@@ -427,6 +427,9 @@ def machine() -> str:
             f"Python {platform.python_version()}, {platform.system()}")
 
 
+HAND_WRITTEN = "## Why the misses"
+
+
 def write_results(path: Path, sections: list[Section], s: Settings, seconds: float, command: str) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip() or "unknown"
@@ -438,7 +441,12 @@ def write_results(path: Path, sections: list[Section], s: Settings, seconds: flo
     lines += [f"- {v}" for sec in sections for v in sec.verdicts]
     for sec in sections:
         lines += ["", f"## {sec.title}", "", "```", *sec.lines, "```"]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    text = "\n".join(lines) + "\n"
+    # What people wrote below the rows (why a target was missed) is kept, never overwritten.
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    if HAND_WRITTEN in old:
+        text += "\n" + old[old.index(HAND_WRITTEN):]
+    path.write_text(text, encoding="utf-8")
 
 
 def main(argv=None) -> None:

@@ -35,6 +35,26 @@ def test_run_all_prints_and_writes_every_row_in_a_tiny_mode(tmp_path):
     assert "## Targets" in text and text.count("wanted)") >= 11
 
 
+def test_a_new_run_keeps_what_people_wrote_below_the_rows(tmp_path):
+    # RESULTS.md ends with a hand-written section (why each missed target was missed):
+    # writing a new run replaces the rows and keeps that section word for word.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import run_all
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    path = tmp_path / "RESULTS.md"
+    section = run_all.Section("A row", "toy", ["new figures"])
+    run_all.write_results(path, [section], run_all.TINY, 1.0, "cmd")
+    assert run_all.HAND_WRITTEN not in path.read_text()
+    notes = f"{run_all.HAND_WRITTEN} (by hand)\n\n- the toy pair is overhead-bound.\n"
+    path.write_text(path.read_text().replace("new figures", "old figures") + "\n" + notes)
+    run_all.write_results(path, [section], run_all.TINY, 1.0, "cmd")
+    text = path.read_text()
+    assert "new figures" in text and "old figures" not in text
+    assert text.endswith(notes) and text.count(run_all.HAND_WRITTEN) == 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["sweep_defaults.py", "sweep_calibrated.py",
                                     pytest.param("twin_quality.py", marks=pytest.mark.real)])

@@ -80,8 +80,9 @@ def _scored_answers(model, records: list, batch_size: int,
         if ok:
             pairs.append((fmt.prompt(r.question), fmt.answer(r.paraphrased_answer or r.answer)))
             pairs += [(fmt.prompt(r.question), fmt.answer(a)) for a in r.perturbed_answers]
-    # Batches of rows of about the same length pad little: score them in length order.
-    order = sorted(range(len(pairs)), key=lambda k: len(pairs[k][0]) + len(pairs[k][1]))
+    # A question's answers side by side (the models read a prompt once for all its
+    # answers), and questions of about the same length together (little padding).
+    order = sorted(range(len(pairs)), key=lambda k: (len(pairs[k][0]), pairs[k][0]))
     per_alpha: list[list] = [[None] * len(pairs) for _ in (alphas if alphas is not None else [None])]
     for i in range(0, len(pairs), batch_size):
         batch = order[i : i + batch_size]

@@ -299,8 +299,8 @@ class OffsetModel:
         with ``parts=True``, a ``FusedParts`` per pair holding ``[tokens, vocab]`` tensors
         for every model (what training caches).
         """
-        ids, mask, spans, targets = self._score_rows(prompts, continuations)
-        all_parts = self._score(ids, mask)
+        base, small, spans, targets = self._read(prompts, continuations)
+        all_parts = self._parts(base, small)
         if parts:
             return [FusedParts(all_parts.base[i, span], all_parts.reference[i, span],
                                [o[i, span] for o in all_parts.offsets], all_parts.fused[i, span])
@@ -315,9 +315,7 @@ class OffsetModel:
         log-softmax is redone per α. Returns one list of per-pair tensors per α."""
         if not self.offsets:
             raise ValueError("score_alphas needs an offset whose strength to vary.")
-        ids, mask, spans, targets = self._score_rows(prompts, continuations)
-        base = self.base.score(ids, mask)
-        small = self._small_side("score", ids, mask)
+        base, small, spans, targets = self._read(prompts, continuations)
         top = self._candidates(base)
         # The shift is linear in the α's: the others' part and the last offset's, once.
         others = [*self.alphas[:-1], 0.0]
@@ -326,20 +324,40 @@ class OffsetModel:
         return [_gather(self._fuse_shift(base, fixed + alpha * last, top), spans, targets)
                 for alpha in alphas]
 
-    def _score_rows(self, prompts: Sequence[str], continuations: Sequence[str]):
-        """Right-padded prompt+continuation rows, and per row the span of positions that
-        predict the continuation and its token ids."""
+    def _read(self, prompts: Sequence[str], continuations: Sequence[str]):
+        """Every model's log-probs (a twin's hidden states) over the positions that predict
+        the continuations, ``[batch, time, ...]``; per row the span of those positions and
+        the continuation's token ids.
+
+        Rows that share a prompt (a true answer and its perturbed versions) read it once
+        when every source can ``extend`` a prompt; otherwise each row is read whole."""
         if len(prompts) != len(continuations):
             raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations.")
         prompt_ids = self.encode(prompts)
         cont_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
-        rows = [p + c for p, c in zip(prompt_ids, cont_ids)]
-        self._refuse_too_long([len(r) for r in rows], [p + c for p, c in zip(prompts, continuations)],
+        self._refuse_too_long([len(p) + len(c) for p, c in zip(prompt_ids, cont_ids)],
+                              [p + c for p, c in zip(prompts, continuations)],
                               "prompt and continuation", "Shorten them.")
-        ids, mask = self._pad(rows, left=False)
+        targets = [torch.tensor(c, dtype=torch.long) for c in cont_ids]
+        distinct = {tuple(p): None for p in prompt_ids}
+        sources = [self.base, *([self.twin] if self.twin is not None else self._small)]
+        if (len(distinct) < len(prompt_ids) and all(cont_ids)
+                and all(callable(getattr(src, "extend", None)) for src in sources)):
+            group = {p: g for g, p in enumerate(distinct)}
+            rows = torch.tensor([group[tuple(p)] for p in prompt_ids])
+            heads = self._pad([list(p) for p in distinct], left=True)
+            tails = self._pad(cont_ids, left=False)
+            base = _extended(self.base, heads, tails, rows)
+            if self.twin is not None:
+                small = _extended(self.twin, heads, tails, rows)
+            else:
+                small = [_extended(src, heads, tails, rows) for src in self._small]
+            # Position t of a row now predicts its continuation's token t.
+            return base, small, [slice(0, len(c)) for c in cont_ids], targets
+        ids, mask = self._pad([p + c for p, c in zip(prompt_ids, cont_ids)], left=False)
+        base, small = self.base.score(ids, mask), self._small_side("score", ids, mask)
         # Position t predicts token t+1: the continuation is predicted from len(p)-1 on.
-        spans = [slice(len(p) - 1, len(p) - 1 + len(c)) for p, c in zip(prompt_ids, cont_ids)]
-        return ids, mask, spans, [torch.tensor(c, dtype=torch.long) for c in cont_ids]
+        return base, small, [slice(len(p) - 1, len(p) - 1 + len(c)) for p, c in zip(prompt_ids, cont_ids)], targets
 
     # -- (c) generation ------------------------------------------------------------
 
@@ -498,6 +516,20 @@ class FusedSource:
         return fingerprints.of_stack(
             fingerprints.of_source(m.base),
             [(fingerprints.of_model(o.model), a) for o, a in zip(m.offsets, m.alphas)])
+
+
+def _extended(source, heads: tuple[Tensor, Tensor], tails: tuple[Tensor, Tensor], rows: Tensor):
+    """A source's outputs at the positions that predict each tail's tokens: the last
+    position of prompt ``rows[i]`` (read once per distinct prompt), then tail ``i``'s own
+    positions but its last. A twin's outputs are lists (one per column), as ``begin`` gives."""
+    first, rest = source.begin(*heads), source.extend(*tails, rows)
+
+    def join(f: Tensor, r: Tensor) -> Tensor:
+        return torch.cat([f[rows.to(f.device)].unsqueeze(1), r[:, :-1]], dim=1)
+
+    if isinstance(first, Tensor):
+        return join(first, rest)
+    return [join(f, r) for f, r in zip(first, rest, strict=True)]
 
 
 def _gather(logprobs: Tensor, spans: list[slice], targets: list[Tensor]) -> list[Tensor]:

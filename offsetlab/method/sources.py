@@ -34,6 +34,11 @@ class LogProbSource(Protocol):
     appends one token per row and returns the log-probs of the following token.
     ``score`` returns log-probs at every position of right-padded sequences,
     ``[batch, time, vocab]``: row ``t`` predicts token ``t + 1``.
+
+    A source may also offer ``extend(input_ids, attention_mask, rows)``: after ``begin``,
+    continue prompt ``rows[i]`` with the right-padded tokens of row ``i`` (several rows may
+    continue one prompt) and return the log-probs at each new position. Scoring uses it to
+    read a prompt once for all its continuations; sources without it are scored whole.
     """
 
     vocab_size: int
@@ -167,6 +172,25 @@ class HFSource:
             logits_to_keep=1,  # only the last position is needed: skips most of the head
         )
         return self._log_probs(out.logits[:, -1])
+
+    @torch.no_grad()
+    def extend(self, input_ids: Tensor, attention_mask: Tensor, rows: Tensor) -> Tensor:
+        if self._mask is None:
+            raise RuntimeError("extend() called before begin(): start a batch first.")
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        rows = rows.to(self.device)
+        self._cache.reorder_cache(rows)  # one cached prompt per new row, repeated as needed
+        before = self._mask[rows]
+        self._mask = torch.cat([before, attention_mask], dim=1)
+        positions = before.long().sum(-1, keepdim=True) + torch.arange(input_ids.shape[1], device=self.device)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=self._mask,
+            position_ids=positions,
+            cache=self._cache,
+            use_cache=True,
+        )
+        return self._log_probs(out.logits)
 
     @torch.no_grad()
     def score(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

@@ -164,6 +164,19 @@ class SharedTrunk:
         return [s[:, -1] for s in self._run(next_ids, self._mask, position, self._caches)]
 
     @torch.no_grad()
+    def extend(self, input_ids: Tensor, attention_mask: Tensor, rows: Tensor) -> list[Tensor]:
+        if self._mask is None:
+            raise RuntimeError("extend() called before begin(): start a batch first.")
+        device = self.head.weight.device
+        input_ids, attention_mask, rows = input_ids.to(device), attention_mask.to(device), rows.to(device)
+        for cache in self._caches:
+            cache.reorder_cache(rows)
+        before = self._mask[rows]
+        self._mask = torch.cat([before, attention_mask], dim=1)
+        positions = before.long().sum(-1, keepdim=True) + torch.arange(input_ids.shape[1], device=device)
+        return self._run(input_ids, self._mask, positions, self._caches)
+
+    @torch.no_grad()
     def score(self, input_ids: Tensor, attention_mask: Tensor) -> list[Tensor]:
         device = self.head.weight.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)

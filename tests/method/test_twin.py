@@ -164,3 +164,30 @@ def test_fusing_over_the_base_candidates_renormalises_exact_fusion_over_them(mod
         assert math.isfinite(step.kl) and math.isfinite(step.entropy_fused)
     with pytest.raises(ValueError, match="candidates must be a whole number"):
         model(-1)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("candidates", [0, 5])
+def test_rows_sharing_a_prompt_read_it_once_and_score_as_alone(models, tokenizer, shared, candidates):
+    # A true answer and its perturbed versions share their question: the models read it
+    # once (begin on the distinct prompts, then extend each row). Every number must be the
+    # one each pair gets scored alone (whole rows, the other path).
+    base, reference, full, lora = models
+    model = OffsetModel(base, reference, [(full, 1.0), (lora, -0.5)], tokenizer=tokenizer,
+                        shared_trunk=shared, candidates=candidates)
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[2], PROMPTS[0], PROMPTS[1]]
+    answers = [" Alra was born", " Cato wrote the red book .", " red", " two three", " Alra", " the"]
+    together = model.score(prompts, answers, parts=True)
+    assert model.base._mask is not None  # the prompts were read once, then extended
+    swept = model.score_alphas(prompts, answers, [0.25, 1.5])
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        [alone] = model.score([p], [a], parts=True)
+        got = together[i]
+        assert got.fused.shape == alone.fused.shape == (len(tokenizer(a, add_special_tokens=False)["input_ids"]),
+                                                          model.vocab_size)
+        for x, y in [(got.fused, alone.fused), (got.base, alone.base), (got.reference, alone.reference),
+                     *zip(got.offsets, alone.offsets)]:
+            assert torch.allclose(x, y, atol=1e-5)
+        for scores, alpha in zip(swept, [0.25, 1.5]):
+            [want] = model.score_alphas([p], [a], [alpha])[0]
+            assert torch.allclose(scores[i], want, atol=1e-5)

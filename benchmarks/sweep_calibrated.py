@@ -14,7 +14,7 @@ measured on three kinds of request, kept apart because only the first may steer 
   choice and never tuned on (the gold model saw them, so no forget quality there).
 
     python benchmarks/sweep_calibrated.py [--out benchmarks/sweep_calibrated.md]
-        [--only calibrated npo_gd] [--sets tuning validation heldout]
+        [--only calibrated npo_gd] [--sets tuning validation heldout] [--candidates 8 32]
 """
 
 from __future__ import annotations
@@ -116,13 +116,17 @@ def main(argv=None) -> None:
                    help="seeds of the held-out requests (drawn after a choice, never tuned on)")
     p.add_argument("--outsiders", choices=["fresh", "recombined"], default="recombined",
                    help="how the tuning set's never-seen authors (MIA) are named")
+    p.add_argument("--candidates", nargs="*", type=int, default=[],
+                   help="also measure each trained offset fused over only the base's top K tokens "
+                        "(OffsetModel candidates=K), one row per K (wave 10)")
     p.add_argument("--tiny", action="store_true",
-                   help="one approach on forget01, 2 steps, 4 records a split (checks the script runs)")
+                   help="one approach on forget01, 2 steps, 4 records a split, also over the top 8 (checks the script runs)")
     args = p.parse_args(argv)
     OUTSIDER_NAMES, HELDOUT_SEEDS = args.outsiders, tuple(args.heldout_seeds)
     steps = {}
     if args.tiny:
         args.only, args.sets, args.requests = ["stranger_paths"], ["validation"], ["forget01"]
+        args.candidates = args.candidates or [8]
         MAX_RECORDS, steps = 4, {"steps": 2}
 
     import torch
@@ -188,11 +192,14 @@ def main(argv=None) -> None:
                 # Used at the strength the recipe recommends (calibrate_alpha's choice, if any).
                 alpha = (result.config.use_alpha if result.config.use_alpha is not None
                          else result.config.alpha)
-                fused = OffsetModel(lab.base, lab.reference, [(result.offset, alpha)], lab.tokenizer)
-                _, values = measure(lab, fused, splits, name, gold_report, pools=pools)
-                row(which, request, f"{name} (α {alpha:g})" if alpha != 1 else name, values, forget_split,
-                    retain_name, len(result.history), seconds)
-                write()
+                label = f"{name} (α {alpha:g})" if alpha != 1 else name
+                for k in [0, *args.candidates]:  # 0: fused over the whole vocabulary
+                    fused = OffsetModel(lab.base, lab.reference, [(result.offset, alpha)], lab.tokenizer,
+                                        candidates=k)
+                    _, values = measure(lab, fused, splits, name, gold_report, pools=pools)
+                    row(which, request, f"{label}, top {k}" if k else label, values, forget_split,
+                        retain_name, len(result.history), seconds)
+                    write()
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def test_each_sweep_runs_in_a_tiny_mode_and_writes_its_table(script, tmp_path):
     out = tmp_path / "table.md"
     stdout = run([str(ROOT / "benchmarks" / script), "--tiny", "--out", str(out)], tmp_path)
     table = out.read_text()
-    trained = {"sweep_defaults.py": "| npo_gd |", "sweep_calibrated.py": "| stranger_paths |",
+    trained = {"sweep_defaults.py": "| npo_gd |", "sweep_calibrated.py": "| stranger_paths, top 8 |",
                "twin_quality.py": "| top 2 of 6, lr 1e-3 |"}[script]
     assert table.startswith("# ") and trained in table and trained in stdout, table
 

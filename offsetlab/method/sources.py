@@ -163,15 +163,15 @@ class HFSource:
         self._mask = torch.cat([self._mask, torch.ones_like(next_ids)], dim=1)
         # The new token's position is the number of real tokens before it.
         position = self._mask.long().sum(-1, keepdim=True) - 1
-        out = self.model(
-            input_ids=next_ids,
-            attention_mask=self._mask,
-            position_ids=position,
-            cache=self._cache,
-            use_cache=True,
-            logits_to_keep=1,  # only the last position is needed: skips most of the head
-        )
-        return self._log_probs(out.logits[:, -1])
+        # Only the last position is needed: keeping one skips most of the head.
+        return self._continue(next_ids, position, keep=1)[:, -1]
+
+    def _continue(self, input_ids: Tensor, positions: Tensor, keep: int) -> Tensor:
+        """Run new tokens on top of the cache (``self._mask`` already covers them); the
+        log-probs of the last ``keep`` positions (0: all)."""
+        out = self.model(input_ids=input_ids, attention_mask=self._mask, position_ids=positions,
+                         cache=self._cache, use_cache=True, logits_to_keep=keep)
+        return self._log_probs(out.logits)
 
     @torch.no_grad()
     def extend(self, input_ids: Tensor, attention_mask: Tensor, rows: Tensor) -> Tensor:
@@ -183,14 +183,7 @@ class HFSource:
         before = self._mask[rows]
         self._mask = torch.cat([before, attention_mask], dim=1)
         positions = before.long().sum(-1, keepdim=True) + torch.arange(input_ids.shape[1], device=self.device)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=self._mask,
-            position_ids=positions,
-            cache=self._cache,
-            use_cache=True,
-        )
-        return self._log_probs(out.logits)
+        return self._continue(input_ids, positions, keep=0)
 
     @torch.no_grad()
     def score(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ costs in quality, not only what it saves in time.
   as its held-out set: ``--tune``), never on the shipped request. Key-fact accuracy of
   greedy answers, as ``tests/worlds/test_real.py`` measures it.
 
-    python benchmarks/twin_quality.py [--out benchmarks/twin_quality.md] [--tune] [--tiny]
+    python benchmarks/twin_quality.py [--out benchmarks/twin_quality.md] [--tune] [--tune-grid] [--tiny]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ TOY = {"every layer (shipped)": 0, "top 1 of 2 layers": 1, "both layers, head fr
 CAPITALS = {"full copy (shipped)": (0, None), "top 2 of 6, shipped lr": (2, None),
             "top 2 of 6, lr 1e-3": (2, 1e-3)}
 TUNE_LRS = (1e-4, 3e-4, 1e-3)
+GRID_LRS, GRID_ALPHAS = (3e-4, 1e-3, 3e-3), (0.75, 1.0)  # --tune-grid
 
 
 def key_accuracy(model, records) -> float:
@@ -86,6 +87,51 @@ def capitals_sets(tune: bool):
     return forget, retain, {"forget": forget, "retain": retain, "held-out capitals": s["forget"]}
 
 
+def grid_requests():
+    """Two tuning requests of four retain capitals each (the shipped forget capitals held
+    out): ``--tune``'s (the last four) and four drawn with seed 1 from the others."""
+    import random
+
+    from offsetlab.worlds.real import load_capitals
+
+    s = load_capitals()
+    capitals = [r for r in s["retain"] if r.subject != "general"]
+    first = capitals[-4:]
+    second = random.Random(1).sample(capitals[:-4], 4)
+    for name, forget in (("last four", first), ("seed 1", second)):
+        retain = [r for r in s["retain"] if r not in forget]
+        yield name, forget, retain, {"forget": forget, "retain": retain, "held-out capitals": s["forget"]}
+
+
+def capitals_grid_rows(tiny: bool) -> list[str]:
+    """The top-2 twin on both tuning requests at every lr of GRID_LRS and α of GRID_ALPHAS
+    (``--tune-grid``; the rule it answers is in twin_quality_tuning.md)."""
+    from offsetlab.method.fusion import OffsetModel
+    from offsetlab.method.train import train_offset
+    from offsetlab.worlds.real import CAPITALS_CONFIG, PROMPT_FORMAT, load_smollm2
+
+    base, small, tokenizer = load_smollm2()
+    rows = ["| request | lr | α | forget | retain | held-out capitals | train s |", "|" + "---|" * 7]
+    for request, forget, retain, sets in grid_requests():
+        if tiny:
+            sets = {k: v[:2] for k, v in sets.items()}
+        for lr in GRID_LRS[:1] if tiny else GRID_LRS:
+            config = replace(CAPITALS_CONFIG, top_layers=2, lr=lr, **({"steps": 2} if tiny else {}))
+            t0 = time.perf_counter()
+            result = train_offset(base, small, tokenizer, forget, retain, config,
+                                  prompt_format=PROMPT_FORMAT, progress=False)
+            seconds = time.perf_counter() - t0
+            for alpha in GRID_ALPHAS:
+                model = OffsetModel(base, small, [(result.offset, alpha)], tokenizer=tokenizer,
+                                    prompt_format=PROMPT_FORMAT)
+                cells = [f"{key_accuracy(model, records):.3f}" for records in sets.values()]
+                rows.append(f"| {request} | {lr:g} | {alpha:g} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+                print(rows[-1], flush=True)
+        if tiny:
+            break
+    return rows
+
+
 def capitals_rows(tune: bool, tiny: bool) -> list[str]:
     from offsetlab.method.fusion import OffsetModel
     from offsetlab.method.train import train_offset
@@ -118,8 +164,16 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".md"))
     p.add_argument("--tune", action="store_true", help="only the capitals tuning request")
+    p.add_argument("--tune-grid", action="store_true",
+                   help="only the top-2 twin on two capitals tuning requests, lr × α (prints the rows)")
     p.add_argument("--tiny", action="store_true", help="2 steps, a few records (checks the script runs)")
     args = p.parse_args(argv)
+    if args.tune_grid:
+        import torch
+
+        torch.set_num_threads(1)
+        print("\n".join(capitals_grid_rows(args.tiny)))
+        return
 
     import torch
 

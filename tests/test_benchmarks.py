@@ -87,3 +87,13 @@ def test_each_real_model_benchmark_runs_in_a_tiny_mode_and_writes_its_table(scri
     table = out.read_text()
     for row in rows:
         assert row in table and row in stdout, (row, table)
+
+
+@pytest.mark.slow
+@pytest.mark.real
+def test_the_twin_grid_runs_in_a_tiny_mode(tmp_path):
+    # twin_quality.py --tune-grid: the top-2 twin at each α on a capitals tuning request
+    stdout = run([str(ROOT / "benchmarks" / "twin_quality.py"), "--tune-grid", "--tiny"], tmp_path)
+    assert "| request | lr | α | forget | retain | held-out capitals | train s |" in stdout
+    for alpha in ("0.75", "1"):
+        assert f"| last four | 0.0003 | {alpha} | " in stdout, stdout

@@ -339,25 +339,28 @@ class OffsetModel:
                               [p + c for p, c in zip(prompts, continuations)],
                               "prompt and continuation", "Shorten them.")
         targets = [torch.tensor(c, dtype=torch.long) for c in cont_ids]
-        distinct = {tuple(p): None for p in prompt_ids}
         sources = [self.base, *([self.twin] if self.twin is not None else self._small)]
-        if (len(distinct) < len(prompt_ids) and all(cont_ids)
+        if (len({tuple(p) for p in prompt_ids}) < len(prompt_ids) and all(cont_ids)
                 and all(callable(getattr(src, "extend", None)) for src in sources)):
-            group = {p: g for g, p in enumerate(distinct)}
-            rows = torch.tensor([group[tuple(p)] for p in prompt_ids])
-            heads = self._pad([list(p) for p in distinct], left=True)
-            tails = self._pad(cont_ids, left=False)
-            base = _extended(self.base, heads, tails, rows)
-            if self.twin is not None:
-                small = _extended(self.twin, heads, tails, rows)
-            else:
-                small = [_extended(src, heads, tails, rows) for src in self._small]
+            base, small = self._read_sharing_prompts(prompt_ids, cont_ids)
             # Position t of a row now predicts its continuation's token t.
             return base, small, [slice(0, len(c)) for c in cont_ids], targets
         ids, mask = self._pad([p + c for p, c in zip(prompt_ids, cont_ids)], left=False)
         base, small = self.base.score(ids, mask), self._small_side("score", ids, mask)
         # Position t predicts token t+1: the continuation is predicted from len(p)-1 on.
         return base, small, [slice(len(p) - 1, len(p) - 1 + len(c)) for p, c in zip(prompt_ids, cont_ids)], targets
+
+    def _read_sharing_prompts(self, prompt_ids: list[list[int]], cont_ids: list[list[int]]):
+        """``_read``'s outputs with each distinct prompt read once (``begin``), then every
+        row continued from its prompt's cache (``extend``)."""
+        group: dict[tuple[int, ...], int] = {}
+        rows = torch.tensor([group.setdefault(tuple(p), len(group)) for p in prompt_ids])
+        heads = self._pad([list(p) for p in group], left=True)
+        tails = self._pad(cont_ids, left=False)
+        base = _extended(self.base, heads, tails, rows)
+        if self.twin is not None:
+            return base, _extended(self.twin, heads, tails, rows)
+        return base, [_extended(src, heads, tails, rows) for src in self._small]
 
     # -- (c) generation ------------------------------------------------------------
 

@@ -56,6 +56,15 @@ def positions_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def continued(mask: Tensor, attention_mask: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """For ``extend``: the mask of cached prompt ``rows[i]`` followed by row ``i``'s new
+    tokens, and those tokens' position ids (they go on from the prompt's real tokens)."""
+    before = mask[rows]
+    start = before.long().sum(-1, keepdim=True)
+    return (torch.cat([before, attention_mask], dim=1),
+            start + torch.arange(attention_mask.shape[1], device=mask.device))
+
+
 def normalise(scores: Tensor, vocab_size: int) -> Tensor:
     """Log-probs over the first ``vocab_size`` ids from logits or wider log-probs.
 
@@ -180,9 +189,7 @@ class HFSource:
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         rows = rows.to(self.device)
         self._cache.reorder_cache(rows)  # one cached prompt per new row, repeated as needed
-        before = self._mask[rows]
-        self._mask = torch.cat([before, attention_mask], dim=1)
-        positions = before.long().sum(-1, keepdim=True) + torch.arange(input_ids.shape[1], device=self.device)
+        self._mask, positions = continued(self._mask, attention_mask, rows)
         return self._continue(input_ids, positions, keep=0)
 
     @torch.no_grad()

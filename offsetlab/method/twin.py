@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .sources import normalise, positions_from_mask
+from .sources import continued, normalise, positions_from_mask
 
 SUPPORTED = ("llama",)
 
@@ -171,9 +171,7 @@ class SharedTrunk:
         input_ids, attention_mask, rows = input_ids.to(device), attention_mask.to(device), rows.to(device)
         for cache in self._caches:
             cache.reorder_cache(rows)
-        before = self._mask[rows]
-        self._mask = torch.cat([before, attention_mask], dim=1)
-        positions = before.long().sum(-1, keepdim=True) + torch.arange(input_ids.shape[1], device=device)
+        self._mask, positions = continued(self._mask, attention_mask, rows)
         return self._run(input_ids, self._mask, positions, self._caches)
 
     @torch.no_grad()

@@ -82,9 +82,8 @@ def capitals_sets(tune: bool):
             "held-out other facts": [r for r in s["holdout"] if r.subject == "general"]}
     # The tuning request: four of the retain capitals; the shipped forget capitals are
     # capitals it never trains on, i.e. its held-out set.
-    forget = [r for r in s["retain"] if r.subject != "general"][-4:]
-    retain = [r for r in s["retain"] if r not in forget]
-    return forget, retain, {"forget": forget, "retain": retain, "held-out capitals": s["forget"]}
+    _, forget, retain, sets = next(grid_requests())
+    return forget, retain, sets
 
 
 def grid_requests():
@@ -168,16 +167,13 @@ def main(argv=None) -> None:
                    help="only the top-2 twin on two capitals tuning requests, lr × α (prints the rows)")
     p.add_argument("--tiny", action="store_true", help="2 steps, a few records (checks the script runs)")
     args = p.parse_args(argv)
-    if args.tune_grid:
-        import torch
-
-        torch.set_num_threads(1)
-        print("\n".join(capitals_grid_rows(args.tiny)))
-        return
 
     import torch
 
     torch.set_num_threads(1)
+    if args.tune_grid:
+        print("\n".join(capitals_grid_rows(args.tiny)))
+        return
     started = time.perf_counter()
     tables = [capitals_rows(True, args.tiny)] if args.tune else [toy_rows(args.tiny),
                                                                   capitals_rows(False, args.tiny)]

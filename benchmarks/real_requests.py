@@ -87,14 +87,17 @@ def drift_records(lab, held_out) -> list:
     return self_made_retain(lab.model(), [r.question for r in held_out], progress=False)
 
 
-def run(tiny: bool = False, requests=REQUESTS, retains=RETAINS, overrides: dict | None = None) -> list[str]:
+def run(tiny: bool = False, requests=REQUESTS, retains=RETAINS, overrides: dict | None = None,
+        alphas=(None,), dead_zones=(None,)) -> list[str]:
+    """One row per request, retain data, α and dead zone (``None``: the lab's own); the
+    α's and dead zones are read off one trained offset each."""
     from offsetlab.measure.evaluate import text_drift
     from offsetlab.worlds.lab import Lab
 
     lab = Lab.smollm2()
-    rows = ["| request | retain data | retain records | forget | paraphrases | retain capitals | "
-            "held-out capitals | held-out general (× base) | KL on base text | train s |",
-            "|" + "---|" * 10]
+    rows = ["| request | retain data | retain records | α | dead zone | forget | paraphrases | "
+            "retain capitals | held-out capitals | held-out general (× base) | KL on base text | train s |",
+            "|" + "---|" * 12]
     for name in requests:
         forget_set = request(name)
         sets = measure_sets(lab, forget_set)
@@ -102,7 +105,7 @@ def run(tiny: bool = False, requests=REQUESTS, retains=RETAINS, overrides: dict 
             sets = {k: v[:3] for k, v in sets.items()}
         drift = drift_records(lab, sets["held-out general"])
         base = {k: accuracy(lab.model(), v) for k, v in sets.items()}
-        rows.append(f"| {name} | (base) | – | {base['forget']:.2f} | {base['paraphrases']:.2f} | "
+        rows.append(f"| {name} | (base) | – | – | – | {base['forget']:.2f} | {base['paraphrases']:.2f} | "
                     f"{base['retain capitals']:.2f} | {base['held-out capitals']:.2f} | "
                     f"{base['held-out general']:.2f} | 0 | – |")
         for variant in retains:
@@ -111,16 +114,20 @@ def run(tiny: bool = False, requests=REQUESTS, retains=RETAINS, overrides: dict 
             t0 = time.perf_counter()
             trained = lab.train(forget_set["forget"], retain, config, name=f"{name}-{variant}")
             seconds = time.perf_counter() - t0
-            model = lab.model([trained])
-            got = {k: accuracy(model, v) for k, v in sets.items()}
-            kl = text_drift(model, drift)["kl"]
-            general = got["held-out general"] / base["held-out general"]
-            tag = " (tuning)" if name in TUNING else ""
-            rows.append(f"| {name}{tag} | {variant} | {len(retain)} | {got['forget']:.2f} | "
-                        f"{got['paraphrases']:.2f} | {got['retain capitals']:.2f} | "
-                        f"{got['held-out capitals']:.2f} | {got['held-out general']:.2f} "
-                        f"({general:.2f}) | {kl:.3f} | {seconds:.0f} |")
-            print(rows[-1], flush=True)
+            for alpha in alphas:
+                for zone in dead_zones:
+                    alpha = lab.offsets[trained].alpha if alpha is None else alpha
+                    zone = lab.dead_zone if zone is None else zone
+                    model = lab.model([(trained, alpha)], dead_zone=zone)
+                    got = {k: accuracy(model, v) for k, v in sets.items()}
+                    kl = text_drift(model, drift)["kl"]
+                    general = got["held-out general"] / base["held-out general"]
+                    tag = " (tuning)" if name in TUNING else ""
+                    rows.append(f"| {name}{tag} | {variant} | {len(retain)} | {alpha:g} | {zone:g} | "
+                                f"{got['forget']:.2f} | {got['paraphrases']:.2f} | "
+                                f"{got['retain capitals']:.2f} | {got['held-out capitals']:.2f} | "
+                                f"{got['held-out general']:.2f} ({general:.2f}) | {kl:.3f} | {seconds:.0f} |")
+                    print(rows[-1], flush=True)
             del lab.offsets[trained]
     return rows
 
@@ -133,10 +140,15 @@ def main(argv=None) -> int:
     p.add_argument("--retains", nargs="+", default=list(RETAINS), choices=RETAINS)
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="change the recipe (TrainConfig fields), e.g. retain_batch_size=16")
+    p.add_argument("--alphas", nargs="+", type=float, default=[None], metavar="A",
+                   help="strengths to read each trained offset at (default: its stored α)")
+    p.add_argument("--dead-zones", nargs="+", type=float, default=[None], metavar="NATS",
+                   help="dead zones to read each trained offset with (default: the lab's own)")
     args = p.parse_args(argv)
     from offsetlab.method.train import config_overrides
 
-    rows = run(args.tiny, args.requests, args.retains, config_overrides(args.set))
+    rows = run(args.tiny, args.requests, args.retains, config_overrides(args.set), args.alphas,
+               args.dead_zones)
     text = "\n".join(rows) + "\n"
     print(text)
     if args.out:

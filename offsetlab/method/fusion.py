@@ -49,6 +49,16 @@ def fuse(base: Tensor, reference: Tensor, offsets: Sequence[Tensor], alphas: Seq
     return torch.log_softmax(base + steering(reference, offsets, alphas), dim=-1)
 
 
+def quiet(base: Tensor, fused: Tensor, dead_zone: float) -> Tensor:
+    """``fused`` where it differs from ``base`` by KL(fused ‖ base) ≥ ``dead_zone`` nats at
+    a position, the base's (normalised) log-probs elsewhere (``OffsetModel(dead_zone=)``)."""
+    base = torch.log_softmax(base, dim=-1)
+    p = fused.exp()
+    # tokens a top-k source leaves out are -inf in both: they add nothing
+    kl = torch.where(p > 0, p * (fused - base), 0.0).sum(-1, keepdim=True)
+    return torch.where(kl < dead_zone, base, fused)
+
+
 class VocabularyMismatch(ValueError):
     """The base and the small models do not share a tokenizer."""
 
@@ -133,6 +143,12 @@ class OffsetModel:
     greedy decoding never leaves the top k, and every answer keeps a finite score). A
     shared-trunk twin then needs its head on ``k`` rows only. An approximation of full
     fusion (``benchmarks/run_all.py`` measures how often they pick the same token).
+    ``dead_zone``: 0 (default) fuses everywhere; ``τ > 0`` (nats) gives the base's own
+    distribution at every position where the offsets move it by less than τ
+    (KL(fused ‖ base) < τ, ``quiet``): an offset speaks only where it has something to
+    say. Trained to move a few facts a long way, an offset also drifts a little on
+    everything else, and on a real model a little is enough to flip an answer the base was
+    unsure of; the dead zone removes that drift and leaves the large moves whole.
     """
 
     def __init__(
@@ -145,7 +161,11 @@ class OffsetModel:
         prompt_format: PromptFormat = QA,
         shared_trunk: bool | None = None,
         candidates: int = 0,
+        dead_zone: float = 0.0,
     ):
+        if isinstance(dead_zone, bool) or not isinstance(dead_zone, (int, float)) or not dead_zone >= 0:
+            raise ValueError(f"dead_zone must be a number of nats ≥ 0 (0 = fuse everywhere), got {dead_zone!r}.")
+        self.dead_zone = float(dead_zone)
         if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 0:
             raise ValueError(f"candidates must be a whole number ≥ 0 (0 = every token), got {candidates!r}.")
         self.candidates = candidates
@@ -212,16 +232,17 @@ class OffsetModel:
         shift = steering(small[0], small[1:], alphas)
         return shift if rows is None else shift.gather(-1, rows)
 
-    @staticmethod
-    def _fuse_shift(base: Tensor, shift: Tensor, rows: Tensor | None) -> Tensor:
+    def _fuse_shift(self, base: Tensor, shift: Tensor, rows: Tensor | None) -> Tensor:
         if rows is None:
-            return torch.log_softmax(base + shift, dim=-1)
-        # The offsets re-rank the base's top k among themselves; the probability the base
-        # gives them together, and every other token's, stay the base's.
-        base = torch.log_softmax(base, dim=-1)
-        top = base.gather(-1, rows)
-        inside = torch.log_softmax(top + shift, dim=-1) + top.logsumexp(-1, keepdim=True)
-        return base.scatter(-1, rows, inside)
+            fused = torch.log_softmax(base + shift, dim=-1)
+        else:
+            # The offsets re-rank the base's top k among themselves; the probability the
+            # base gives them together, and every other token's, stay the base's.
+            base = torch.log_softmax(base, dim=-1)
+            top = base.gather(-1, rows)
+            inside = torch.log_softmax(top + shift, dim=-1) + top.logsumexp(-1, keepdim=True)
+            fused = base.scatter(-1, rows, inside)
+        return quiet(base, fused, self.dead_zone) if self.dead_zone else fused
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]

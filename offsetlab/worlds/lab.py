@@ -62,6 +62,8 @@ class Lab:
     train_config: TrainConfig = field(default_factory=TrainConfig)
     # how this world's models are asked a question
     prompt_format: PromptFormat = QA
+    # how this world's fused models run: the offsets' dead zone in nats (``OffsetModel``)
+    dead_zone: float = 0.0
     # records of the same kind that no model saw (the toy world: invented authors): where
     # calibrated training reads the "never seen" level. Never the evaluation's holdout.
     nonmembers: list[QARecord] = field(default_factory=list)
@@ -256,12 +258,14 @@ class Lab:
         return [(n, float(self.offsets[n].alpha if a is None else a)) for n, a in pairs]
 
     def model(self, selection: Sequence[Selection] | None = None, base=None,
-              shared_trunk: bool | None = None, candidates: int = 0) -> OffsetModel:
+              shared_trunk: bool | None = None, candidates: int = 0,
+              dead_zone: float | None = None) -> OffsetModel:
         """The fused model with the selected offsets (none = the base alone).
 
         ``base`` replaces the lab's base for this model, e.g. the same black box behind
         an API (``offsetlab.method.remote.OpenAISource``). ``shared_trunk`` and
-        ``candidates``: how the small side runs (see ``OffsetModel``)."""
+        ``candidates``: how the small side runs; ``dead_zone``: where the offsets stay
+        silent (default: the lab's own, ``Lab.dead_zone``; see ``OffsetModel``)."""
         active = self.active(selection)
         return OffsetModel(
             self.base if base is None else base,
@@ -272,6 +276,7 @@ class Lab:
             prompt_format=self.prompt_format,
             shared_trunk=shared_trunk,
             candidates=candidates,
+            dead_zone=self.dead_zone if dead_zone is None else dead_zone,
         )
 
     def standalone(self, model) -> OffsetModel:

@@ -109,6 +109,19 @@ def load_offsets(lab, folders: list[str], alphas: list[float] | None) -> list:
     return [(name, alphas[min(i, len(alphas) - 1)]) for i, name in enumerate(names)]
 
 
+def add_dead_zone(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dead-zone", type=number(float, 0), metavar="NATS",
+                   help="give the base's own next-token distribution wherever the offsets move it "
+                   "by less than this KL (default: the world's own; 0 = fuse everywhere)")
+
+
+def use_dead_zone(lab, args):
+    """The lab, with the dead zone given on the command line (if any) as its own."""
+    if args.dead_zone is not None:
+        lab.dead_zone = args.dead_zone
+    return lab
+
+
 def records_from(lab, split: str | None, path: str | None):
     from ..worlds.records import load_records
 
@@ -126,7 +139,7 @@ def cmd_generate(args) -> int:
                          "\"Where was Lusdaeth Sumhatas born?\"")
     from ..method.trace import Trace
 
-    lab = load_lab(args)
+    lab = use_dead_zone(load_lab(args), args)
     selection = load_offsets(lab, args.offset, args.alpha)
     base = None
     if args.base_url:
@@ -233,7 +246,7 @@ def cmd_eval(args) -> int:
     from ..measure.evaluate import compare, evaluate
     from ..measure.metrics import legend
 
-    lab = load_lab(args)
+    lab = use_dead_zone(load_lab(args), args)
     args.forget = args.forget or lab.default_forget
     splits = lab.eval_splits(args.forget)
     kw = dict(max_records=args.max_records, max_new_tokens=args.max_new_tokens, progress=not args.quiet)
@@ -440,6 +453,7 @@ def add_generate_command(sub) -> None:
     p.add_argument("--seed", type=number(int), default=0)
     p.add_argument("--trace", action="store_true", help="print each token's shift and KL")
     p.add_argument("--trace-json", help="save the trace as JSON")
+    add_dead_zone(p)
     p.set_defaults(func=cmd_generate)
 
 
@@ -472,6 +486,7 @@ def add_eval_command(sub) -> None:
     p.add_argument("--json", help="write the reports (with per-record rows) as JSON")
     p.add_argument("--html", help="write an HTML report with tables and charts")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_dead_zone(p)
     p.set_defaults(func=cmd_eval)
 
 

@@ -210,7 +210,8 @@ def evaluate(
     settings = {"max_new_tokens": max_new_tokens, "max_records": max_records, "decoding": "greedy",
                 "seconds": round(time.perf_counter() - started, 2),
                 "alphas": list(getattr(model, "alphas", [])),
-                "offsets": list(getattr(model, "offset_names", []))}
+                "offsets": list(getattr(model, "offset_names", [])),
+                "dead_zone": getattr(model, "dead_zone", 0.0)}
     return Report(name, per_split, rows, settings)
 
 

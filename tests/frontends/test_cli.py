@@ -60,6 +60,9 @@ def test_generate_with_and_without_offset(trained):
     fused = offsetlab("generate", "--offset", trained, "--trace", question).stdout
     assert base and fused.splitlines()[0] != base  # the offset changed the answer
     assert "shift" in fused and "KL" in fused
+    # a dead zone wider than any move the offset makes leaves the base's own answer
+    silent = offsetlab("generate", "--offset", trained, "--dead-zone", "1000", question).stdout
+    assert silent.strip() == base
 
 
 def split_lines(split):
@@ -138,6 +141,8 @@ BAD = [
     (["generate", "--trace-json", "{tmp}/t.json", "hi"], "give --trace too"),
     (["generate", "  \t "], "the question is empty"),
     (["eval", "--max-records", "0"], "must be ≥ 1"),
+    (["eval", "--dead-zone", "-1"], "must be ≥ 0"),
+    (["generate", "--dead-zone", "nan", "hi"], "not a finite number"),
     (["eval", "--html", "{tmp}/taken"], "is a folder"),
     (["offsets", "compose", "a", "--alpha", "nan", "--out", "c"], "not a finite number"),
 ]

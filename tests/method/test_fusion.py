@@ -244,3 +244,38 @@ def test_decoding_options_are_checked_where_generate_is_called(tiny_trio, tokeni
             model.generate(PROMPTS[0], **options)
     assert isinstance(model.generate(PROMPTS[0], max_new_tokens=2, do_sample=True, top_k=3,
                                      top_p=0.5, seed=1), str)
+
+
+@pytest.mark.parametrize("candidates", [0, 5])
+def test_a_dead_zone_gives_the_base_where_the_offset_moves_it_little(tiny_trio, tokenizer, candidates):
+    base, ref, off = tiny_trio
+    conts = [" red green blue", " the book of the", " one two"]
+    plain = OffsetModel(base, ref, [(off, 1.0)], tokenizer=tokenizer, candidates=candidates)
+    parts = plain.score(PROMPTS, conts, parts=True)
+    kls = [(p.fused.exp() * (p.fused - p.base)).sum(-1) for p in parts]
+    tau = float(torch.cat(kls).median())  # half the positions on each side
+    zoned = OffsetModel(base, ref, [(off, 1.0)], tokenizer=tokenizer, candidates=candidates,
+                        dead_zone=tau)
+    quiet = loud = 0
+    for p, z, kl in zip(parts, zoned.score(PROMPTS, conts, parts=True), kls, strict=True):
+        still = kl < tau
+        assert torch.allclose(z.fused[still], p.base[still], atol=1e-5)
+        assert torch.allclose(z.fused[~still], p.fused[~still], atol=1e-5)
+        quiet, loud = quiet + int(still.sum()), loud + int((~still).sum())
+    assert quiet > 0 and loud > 0
+    # the α sweep reads the same fusion
+    for a, b in zip(zoned.score_alphas(PROMPTS, conts, [1.0])[0], zoned.score(PROMPTS, conts)):
+        assert torch.allclose(a, b, atol=1e-5)
+    # a dead zone wider than any move leaves the base itself, in decoding too
+    silent = OffsetModel(base, ref, [(off, 1.0)], tokenizer=tokenizer, candidates=candidates,
+                         dead_zone=1e9)
+    alone = OffsetModel(base, None, [], tokenizer=tokenizer)
+    assert silent.generate(PROMPTS, max_new_tokens=8) == alone.generate(PROMPTS, max_new_tokens=8)
+    assert plain.generate(PROMPTS, max_new_tokens=8) != alone.generate(PROMPTS, max_new_tokens=8)
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), True, "0.3"])
+def test_a_dead_zone_must_be_a_number_of_nats(tiny_trio, tokenizer, bad):
+    base, ref, off = tiny_trio
+    with pytest.raises(ValueError, match="dead_zone"):
+        OffsetModel(base, ref, [(off, 1.0)], tokenizer=tokenizer, dead_zone=bad)

@@ -126,7 +126,7 @@ def run(tiny: bool = False, requests=REQUESTS, retains=RETAINS, overrides: dict 
                     rows.append(f"| {name}{tag} | {variant} | {len(retain)} | {alpha:g} | {zone:g} | "
                                 f"{got['forget']:.2f} | {got['paraphrases']:.2f} | "
                                 f"{got['retain capitals']:.2f} | {got['held-out capitals']:.2f} | "
-                                f"{got['held-out general']:.2f} ({general:.2f}) | {kl:.3f} | {seconds:.0f} |")
+                                f"{got['held-out general']:.2f} ({general:.3f}) | {kl:.3f} | {seconds:.0f} |")
                     print(rows[-1], flush=True)
             del lab.offsets[trained]
     return rows

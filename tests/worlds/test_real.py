@@ -56,7 +56,10 @@ def test_shipped_task_is_well_formed():
     assert all(r.key and r.key in r.answer for records in splits.values() for r in records)
 
 
-def test_offset_forgets_four_capitals_and_keeps_the_rest():
+@functools.cache
+def capitals_rows() -> tuple[dict[str, tuple[float, float]], float]:
+    """Key-fact accuracy (base, fused) on each capitals set, the shipped offset at its α and
+    the world's dead zone; and the offset's training seconds."""
     base, small, tokenizer = smollm2()
     splits = load_capitals()
     capitals = [r for r in splits["holdout"] if r.subject != "general"]
@@ -75,15 +78,28 @@ def test_offset_forgets_four_capitals_and_keeps_the_rest():
     rows = {}
     for name, records in sets.items():
         rows[name] = (key_accuracy(before, records)[0], key_accuracy(after, records)[0])
-    print(f"\ncapitals offset: {len(result.history)} steps in {train_seconds:.0f} s, alpha {CAPITALS_ALPHA}")
+    print(f"\ncapitals offset: {len(result.history)} steps in {train_seconds:.0f} s, alpha {CAPITALS_ALPHA}, "
+          f"dead zone {CAPITALS_DEAD_ZONE}")
     for name, (b, a) in rows.items():
         print(f"  {name:18s} key-fact accuracy  base {b:.2f}  fused {a:.2f}")
+    return rows, train_seconds
 
+
+def test_offset_forgets_four_capitals_and_keeps_the_rest():
+    rows, _ = capitals_rows()
     assert all(b >= 0.9 for b, _ in rows.values())  # the base really knows these facts
     assert rows["forget"][1] <= 0.2
-    assert rows["paraphrased"][1] <= 0.2
+    assert rows["paraphrased"][1] <= 0.25  # 3 of 12: the bar of 0.2 is the xfail below
     assert rows["retain"][1] >= 0.95 * rows["retain"][0]
-    assert rows["held-out capitals"][1] >= 0.8 * rows["held-out capitals"][0]
+    assert rows["held-out capitals"][1] >= 0.9 * rows["held-out capitals"][0]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18: with the dead zone one more paraphrase (3 of 12) states "
+                   "its capital; without it 2 of 12, but held-out capitals 0.85 and other facts 0.75 "
+                   "(benchmarks/real_requests.md, wave 2)")
+def test_offset_forgets_the_paraphrased_capitals_at_the_issue_bar():
+    rows, _ = capitals_rows()
+    assert rows["paraphrased"][1] <= 0.2
 
 
 @functools.cache
@@ -109,15 +125,17 @@ def general_held_out() -> tuple[float, float, dict]:
 
 def test_capitals_offset_keeps_most_general_knowledge_and_fluency():
     """What forgetting four capitals costs on 79 everyday facts it never trained on: the
-    floor measured today (0.84 × base on 2 cores), so that a change that spills more fails."""
+    floor measured today (0.949 × base on 2 cores, with the dead zone; 0.84 without), so
+    that a change that spills more fails."""
     b, a, drift = general_held_out()
     assert b >= 0.95  # they were kept because the base answers them (same machine, same decoding)
-    assert a >= 0.75 * b
-    assert drift["kl"] < 0.2 and drift["fused_ppl"] < 1.5 * drift["base_ppl"]
+    assert a >= 0.9 * b
+    assert drift["kl"] < 0.05 and drift["fused_ppl"] < 1.5 * drift["base_ppl"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18: the shipped recipe keeps 0.84 x base of the "
-                   "held-out general facts; the bar is 0.95 (benchmarks/real_requests.md)")
+@pytest.mark.xfail(strict=True, reason="issue 18: the shipped recipe with its dead zone keeps 0.949 x "
+                   "base of the held-out general facts (75 of 79); the bar is 0.95 "
+                   "(benchmarks/real_requests.md)")
 def test_capitals_offset_keeps_general_knowledge_at_the_issue_bar():
     b, a, _ = general_held_out()
     assert a >= 0.95 * b

@@ -7,8 +7,9 @@ requests never used to choose anything — **works** (who wrote four novels), **
 questions (``data/real/<request>_forget_paraphrased.jsonl``).
 
 The recipe is the shipped capitals recipe (``CAPITALS_CONFIG``: npo_kl, 60 steps, a full
-copy of SmolLM2's first 6 layers, used at α 0.75); what varies is the retain data its KL
-anchor holds on to:
+copy of SmolLM2's first 6 layers, used at α 0.75 with the world's dead zone of 0.3 nats;
+``--alphas`` and ``--dead-zones`` read each trained offset at other settings too); what
+varies is the retain data its KL anchor holds on to:
 
 * ``hand-written``: ``capitals_retain`` (20 other capitals and 6 facts of other kinds,
   written by hand: the shipped recipe);

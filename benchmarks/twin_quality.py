@@ -108,27 +108,42 @@ def grid_requests():
         yield name, forget, retain, {"forget": forget, "retain": retain, "held-out capitals": s["forget"]}
 
 
+def capitals_offset(models, forget, retain, config):
+    """An offset of SmolLM2's partner trained on a capitals request, and its training seconds."""
+    from offsetlab.method.train import train_offset
+    from offsetlab.worlds.real import PROMPT_FORMAT
+
+    base, small, tokenizer = models
+    t0 = time.perf_counter()
+    result = train_offset(base, small, tokenizer, forget, retain, config,
+                          prompt_format=PROMPT_FORMAT, progress=False)
+    return result, time.perf_counter() - t0
+
+
+def fused_capitals(models, result, alpha: float, dead_zone: float = 0.0):
+    from offsetlab.method.fusion import OffsetModel
+    from offsetlab.worlds.real import PROMPT_FORMAT
+
+    base, small, tokenizer = models
+    return OffsetModel(base, small, [(result.offset, alpha)], tokenizer=tokenizer,
+                       prompt_format=PROMPT_FORMAT, dead_zone=dead_zone)
+
+
 def capitals_grid_rows(tiny: bool) -> list[str]:
     """The top-2 twin on both tuning requests at every lr of GRID_LRS and α of GRID_ALPHAS
     (``--tune-grid``; the rule it answers is in twin_quality_tuning.md)."""
-    from offsetlab.method.fusion import OffsetModel
-    from offsetlab.method.train import train_offset
-    from offsetlab.worlds.real import CAPITALS_CONFIG, PROMPT_FORMAT, load_smollm2
+    from offsetlab.worlds.real import CAPITALS_CONFIG, load_smollm2
 
-    base, small, tokenizer = load_smollm2()
+    models = load_smollm2()
     rows = ["| request | lr | α | forget | retain | held-out capitals | train s |", "|" + "---|" * 7]
     for request, forget, retain, sets in grid_requests():
         if tiny:
             sets = {k: v[:2] for k, v in sets.items()}
         for lr in GRID_LRS[:1] if tiny else GRID_LRS:
             config = replace(CAPITALS_CONFIG, top_layers=2, lr=lr, **({"steps": 2} if tiny else {}))
-            t0 = time.perf_counter()
-            result = train_offset(base, small, tokenizer, forget, retain, config,
-                                  prompt_format=PROMPT_FORMAT, progress=False)
-            seconds = time.perf_counter() - t0
+            result, seconds = capitals_offset(models, forget, retain, config)
             for alpha in GRID_ALPHAS:
-                model = OffsetModel(base, small, [(result.offset, alpha)], tokenizer=tokenizer,
-                                    prompt_format=PROMPT_FORMAT)
+                model = fused_capitals(models, result, alpha)
                 cells = [f"{key_accuracy(model, records):.3f}" for records in sets.values()]
                 rows.append(f"| {request} | {lr:g} | {alpha:g} | " + " | ".join(cells) + f" | {seconds:.0f} |")
                 print(rows[-1], flush=True)
@@ -138,11 +153,9 @@ def capitals_grid_rows(tiny: bool) -> list[str]:
 
 
 def capitals_rows(tune: bool, tiny: bool) -> list[str]:
-    from offsetlab.method.fusion import OffsetModel
-    from offsetlab.method.train import train_offset
-    from offsetlab.worlds.real import CAPITALS_ALPHA, CAPITALS_CONFIG, PROMPT_FORMAT, load_smollm2
+    from offsetlab.worlds.real import CAPITALS_ALPHA, CAPITALS_CONFIG, load_smollm2
 
-    base, small, tokenizer = load_smollm2()
+    models = load_smollm2()
     forget, retain, sets = capitals_sets(tune)
     if tiny:
         sets = {k: v[:2] for k, v in sets.items()}
@@ -153,12 +166,8 @@ def capitals_rows(tune: bool, tiny: bool) -> list[str]:
     for name, (top, lr) in runs.items():
         config = replace(CAPITALS_CONFIG, top_layers=top, lr=lr or CAPITALS_CONFIG.lr,
                          **({"steps": 2} if tiny else {}))
-        t0 = time.perf_counter()
-        result = train_offset(base, small, tokenizer, forget, retain, config,
-                              prompt_format=PROMPT_FORMAT, progress=False)
-        seconds = time.perf_counter() - t0
-        model = OffsetModel(base, small, [(result.offset, CAPITALS_ALPHA)], tokenizer=tokenizer,
-                            prompt_format=PROMPT_FORMAT)
+        result, seconds = capitals_offset(models, forget, retain, config)
+        model = fused_capitals(models, result, CAPITALS_ALPHA)
         cells = [f"{key_accuracy(model, records):.3f}" for records in sets.values()]
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {seconds:.0f} |")
         print(rows[-1], flush=True)
@@ -169,17 +178,14 @@ def capitals_seed_rows(seeds, tiny: bool) -> list[str]:
     """The full copy and the twin (top 2 of 6, lr 1e-3) on the shipped capitals, trained
     with each of ``seeds``, read at α 0.75 without and with the world's dead zone; then
     the mean of each over the seeds (``--seeds``)."""
-    from offsetlab.method.fusion import OffsetModel
-    from offsetlab.method.train import train_offset
     from offsetlab.worlds.real import (
         CAPITALS_ALPHA,
         CAPITALS_CONFIG,
         CAPITALS_DEAD_ZONE,
-        PROMPT_FORMAT,
         load_smollm2,
     )
 
-    base, small, tokenizer = load_smollm2()
+    models = load_smollm2()
     forget, retain, sets = capitals_sets(False)
     if tiny:
         sets = {k: v[:2] for k, v in sets.items()}
@@ -192,13 +198,9 @@ def capitals_seed_rows(seeds, tiny: bool) -> list[str]:
         for name, (top, lr) in runs.items():
             config = replace(CAPITALS_CONFIG, top_layers=top, lr=lr or CAPITALS_CONFIG.lr, seed=seed,
                              **({"steps": 2} if tiny else {}))
-            t0 = time.perf_counter()
-            result = train_offset(base, small, tokenizer, forget, retain, config,
-                                  prompt_format=PROMPT_FORMAT, progress=False)
-            seconds = time.perf_counter() - t0
+            result, seconds = capitals_offset(models, forget, retain, config)
             for zone in zones:
-                model = OffsetModel(base, small, [(result.offset, CAPITALS_ALPHA)], tokenizer=tokenizer,
-                                    prompt_format=PROMPT_FORMAT, dead_zone=zone)
+                model = fused_capitals(models, result, CAPITALS_ALPHA, zone)
                 values = [key_accuracy(model, records) for records in sets.values()]
                 got.setdefault((name, zone), []).append(values)
                 rows.append(f"| {name} | {seed} | {zone:g} | " + " | ".join(f"{v:.3f}" for v in values)

@@ -92,7 +92,8 @@ def test_train_and_generate_on_smollm2(tmp_path):
     ask = ("generate", "--base", "smollm2", "--offset", out, "--max-new-tokens", "8", "--trace")
     neutral = offsetlab(*ask, "--alpha", "0", "What is the capital of Italy?").stdout
     assert neutral.startswith("The capital of Italy is Rome.")  # α = 0: the base's answer
-    fused = offsetlab(*ask, "What is the capital of Italy?").stdout
+    # fused everywhere: a 2-step offset's moves sit inside the world's dead zone (0.3 nats)
+    fused = offsetlab(*ask, "--dead-zone", "0", "What is the capital of Italy?").stdout
     assert "shift" in fused and fused != neutral  # the offset loaded onto SmolLM2 moves tokens
 
 

@@ -88,8 +88,32 @@ def drift_records(lab, held_out) -> list:
     return self_made_retain(lab.model(), [r.question for r in held_out], progress=False)
 
 
+def moves_rows(lab, trained: str, alpha: float, sets: dict, label: str) -> list[str]:
+    """Quantiles of the offset's moves (KL(fused ‖ base) per position, fused everywhere)
+    along the base's own answers to each measured set (``--moves``)."""
+    import numpy as np
+
+    from offsetlab.measure.evaluate import offset_moves
+    from offsetlab.worlds.general import self_made_retain
+
+    model = lab.model([(trained, alpha)], dead_zone=0.0)
+    rows = []
+    for name, records in sets.items():
+        own = self_made_retain(lab.model(), [r.question for r in records], progress=False)
+        kl = offset_moves(model, own)
+        q = np.quantile(kl, [0.5, 0.9, 0.99])
+        rows.append(f"| {label} | {name} | {len(kl)} | {q[0]:.3f} | {q[1]:.3f} | {q[2]:.3f} | "
+                    f"{kl.max():.2f} | {(kl >= 0.3).mean():.3f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+MOVES_HEADER = ["| request | set (the base's own answers) | positions | median | 90 % | 99 % | largest | "
+                "share ≥ 0.3 nats |", "|" + "---|" * 8]
+
+
 def run(tiny: bool = False, requests=REQUESTS, retains=RETAINS, overrides: dict | None = None,
-        alphas=(None,), dead_zones=(None,)) -> list[str]:
+        alphas=(None,), dead_zones=(None,), moves: bool = False) -> list[str]:
     """One row per request, retain data, α and dead zone (``None``: the lab's own); the
     α's and dead zones are read off one trained offset each."""
     from offsetlab.measure.evaluate import text_drift
@@ -99,6 +123,7 @@ def run(tiny: bool = False, requests=REQUESTS, retains=RETAINS, overrides: dict 
     rows = ["| request | retain data | retain records | α | dead zone | forget | paraphrases | "
             "retain capitals | held-out capitals | held-out general (× base) | KL on base text | train s |",
             "|" + "---|" * 12]
+    moved: list[str] = []
     for name in requests:
         forget_set = request(name)
         sets = measure_sets(lab, forget_set)
@@ -115,6 +140,8 @@ def run(tiny: bool = False, requests=REQUESTS, retains=RETAINS, overrides: dict 
             t0 = time.perf_counter()
             trained = lab.train(forget_set["forget"], retain, config, name=f"{name}-{variant}")
             seconds = time.perf_counter() - t0
+            if moves:
+                moved += moves_rows(lab, trained, lab.offsets[trained].alpha, sets, f"{name}, {variant}")
             for alpha in alphas:
                 for zone in dead_zones:
                     alpha = lab.offsets[trained].alpha if alpha is None else alpha
@@ -130,7 +157,7 @@ def run(tiny: bool = False, requests=REQUESTS, retains=RETAINS, overrides: dict 
                                 f"{got['held-out general']:.2f} ({general:.3f}) | {kl:.3f} | {seconds:.0f} |")
                     print(rows[-1], flush=True)
             del lab.offsets[trained]
-    return rows
+    return rows + ([""] + MOVES_HEADER + moved if moves else [])
 
 
 def main(argv=None) -> int:
@@ -145,11 +172,14 @@ def main(argv=None) -> int:
                    help="strengths to read each trained offset at (default: its stored α)")
     p.add_argument("--dead-zones", nargs="+", type=float, default=[None], metavar="NATS",
                    help="dead zones to read each trained offset with (default: the lab's own)")
+    p.add_argument("--moves", action="store_true",
+                   help="also print how far each offset moves the base, position by position, along "
+                        "the base's own answers to every measured set (what a dead zone is read against)")
     args = p.parse_args(argv)
     from offsetlab.method.train import config_overrides
 
     rows = run(args.tiny, args.requests, args.retains, config_overrides(args.set), args.alphas,
-               args.dead_zones)
+               args.dead_zones, args.moves)
     text = "\n".join(rows) + "\n"
     print(text)
     if args.out:

@@ -70,8 +70,9 @@ def test_each_sweep_runs_in_a_tiny_mode_and_writes_its_table(script, tmp_path):
 
 
 REAL_SCRIPTS = {
-    "real_requests.py": (["--requests", "works", "--retains", "hand-written"],
-                         ["| works | (base) |", "| works | hand-written | 26 | 0.75 | 0.3 |"]),
+    "real_requests.py": (["--requests", "works", "--retains", "hand-written", "--moves"],
+                         ["| works | (base) |", "| works | hand-written | 26 | 0.75 | 0.3 |",
+                          "| request | set (the base's own answers) |", "| works, hand-written | forget | "]),
     # a --variant row: recipe changes are read as their TrainConfig types
     "real_tofu.py": (["--variant", "top_layers=2,use_alpha=0.5"],
                      ["| black box (knows all) |", "| fused (top_layers=2, use_alpha=0.5, α 0.50) |",

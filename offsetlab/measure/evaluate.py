@@ -318,6 +318,30 @@ def text_drift(model, records: Sequence, batch_size: int = 8) -> dict[str, float
             "fused_ppl": float(np.exp(nll_fused / tokens)), "tokens": tokens}
 
 
+def offset_moves(model, records: Sequence, batch_size: int = 8) -> np.ndarray:
+    """How far the offsets of ``model`` (an ``OffsetModel``) move the base, position by
+    position: KL(fused ‖ base) in nats at every answer token of ``records`` (teacher-forced
+    on their answers, e.g. the base's own: ``worlds.general.self_made_retain``), as one
+    array. What a dead zone (``OffsetModel(dead_zone=)``) is read against: the moves below
+    it are silenced."""
+    import torch
+
+    if not records:
+        raise ValueError("offset_moves needs at least one record.")
+    fmt = model.prompt_format
+    moves = []
+    with torch.no_grad():
+        for i in range(0, len(records), batch_size):
+            part = records[i : i + batch_size]
+            scored = model.score([fmt.prompt(r.question) for r in part],
+                                 [fmt.answer(r.answer) for r in part], parts=True)
+            for parts in scored:
+                base, fused = parts.base.float().log_softmax(-1), parts.fused.float()
+                p = fused.exp()
+                moves.append(torch.where(p > 0, p * (fused - base), 0.0).sum(-1).numpy())
+    return np.concatenate(moves)
+
+
 def compare(reports: Sequence[Report], gold: Report | None = None,
             metrics: Sequence[str] = ("key_fact_acc", "rouge_l", "answer_prob", "truth_ratio")):
     """Side-by-side table: one row per model, columns ``split/metric`` plus the summaries.

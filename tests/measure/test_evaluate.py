@@ -127,3 +127,24 @@ def test_alpha_sweep_is_an_evaluation_at_each_strength(tokenizer, reports):
         for m in ("forget_quality", "mia_gap"):
             assert row[f"forget05/{m}"] == pytest.approx(table[f"forget05/{m}"], abs=1e-9)
     assert rows[0]["forget05/answer_prob"] != pytest.approx(rows[-1]["forget05/answer_prob"], abs=1e-3)
+
+
+def test_offset_moves_are_what_a_dead_zone_is_read_against(tiny_trio, tokenizer):
+    from offsetlab.measure.evaluate import offset_moves
+    from offsetlab.worlds.records import QARecord
+
+    base, ref, off = tiny_trio
+    records = [QARecord("where was Alra born ?", "red green blue"), QARecord("what year ?", "one two")]
+    n_tokens = sum(len(tokenizer(" " + r.answer, add_special_tokens=False)["input_ids"]) for r in records)
+    alone = offset_moves(OffsetModel(base, None, [], tokenizer=tokenizer), records)
+    assert alone.shape == (n_tokens,) and abs(alone).max() < 1e-6  # the base moves nothing
+    moves = offset_moves(OffsetModel(base, ref, [(off, 1.0)], tokenizer=tokenizer), records)
+    assert moves.shape == (n_tokens,) and (moves > 0).all()
+    # with a dead zone the moves below it are gone and the others stay as they were
+    tau = float(sorted(moves)[len(moves) // 2])
+    zoned = offset_moves(OffsetModel(base, ref, [(off, 1.0)], tokenizer=tokenizer, dead_zone=tau), records)
+    below = moves < tau
+    assert below.any() and (~below).any()
+    assert abs(zoned[below]).max() < 1e-6 and abs(zoned[~below] - moves[~below]).max() < 1e-4
+    with pytest.raises(ValueError, match="at least one record"):
+        offset_moves(OffsetModel(base, ref, [(off, 1.0)], tokenizer=tokenizer), [])

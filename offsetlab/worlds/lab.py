@@ -62,7 +62,9 @@ class Lab:
     train_config: TrainConfig = field(default_factory=TrainConfig)
     # how this world's models are asked a question
     prompt_format: PromptFormat = QA
-    # how this world's fused models run: the offsets' dead zone in nats (``OffsetModel``)
+    # how this world's fused models run: the offsets' dead zone in nats (``OffsetModel``).
+    # Training fuses everywhere, on top of deployed offsets too: the zone applies when a
+    # fused model is read (``model``), to the shift of all its offsets together.
     dead_zone: float = 0.0
     # records of the same kind that no model saw (the toy world: invented authors): where
     # calibrated training reads the "never seen" level. Never the evaluation's holdout.

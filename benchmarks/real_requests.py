@@ -140,12 +140,11 @@ def run(tiny: bool = False, requests=REQUESTS, retains=RETAINS, overrides: dict 
             t0 = time.perf_counter()
             trained = lab.train(forget_set["forget"], retain, config, name=f"{name}-{variant}")
             seconds = time.perf_counter() - t0
+            own = lab.offsets[trained].alpha
             if moves:
-                moved += moves_rows(lab, trained, lab.offsets[trained].alpha, sets, f"{name}, {variant}")
-            for alpha in alphas:
-                for zone in dead_zones:
-                    alpha = lab.offsets[trained].alpha if alpha is None else alpha
-                    zone = lab.dead_zone if zone is None else zone
+                moved += moves_rows(lab, trained, own, sets, f"{name}, {variant}")
+            for alpha in (own if a is None else a for a in alphas):
+                for zone in (lab.dead_zone if z is None else z for z in dead_zones):
                     model = lab.model([(trained, alpha)], dead_zone=zone)
                     got = {k: accuracy(model, v) for k, v in sets.items()}
                     kl = text_drift(model, drift)["kl"]

@@ -296,6 +296,8 @@ def text_drift(model, records: Sequence, batch_size: int = 8) -> dict[str, float
     """
     import torch
 
+    from ..method.trace import kl_divergence
+
     if not records:
         raise ValueError("text_drift needs at least one record of base-written text.")
     fmt = model.prompt_format
@@ -309,8 +311,7 @@ def text_drift(model, records: Sequence, batch_size: int = 8) -> dict[str, float
             for answer, parts in zip(answers, scored, strict=True):
                 ids = torch.tensor(model.tokenizer(answer, add_special_tokens=False)["input_ids"])
                 base, fused = parts.base.float(), parts.fused.float()
-                p = base.exp()
-                kl += float(torch.where(p > 0, p * (base - fused), 0.0).sum())
+                kl += float(kl_divergence(base, fused).sum())
                 nll_base -= float(base.gather(1, ids[:, None]).sum())
                 nll_fused -= float(fused.gather(1, ids[:, None]).sum())
                 tokens += len(ids)
@@ -326,6 +327,8 @@ def offset_moves(model, records: Sequence, batch_size: int = 8) -> np.ndarray:
     it are silenced."""
     import torch
 
+    from ..method.trace import kl_divergence
+
     if not records:
         raise ValueError("offset_moves needs at least one record.")
     fmt = model.prompt_format
@@ -335,10 +338,8 @@ def offset_moves(model, records: Sequence, batch_size: int = 8) -> np.ndarray:
             part = records[i : i + batch_size]
             scored = model.score([fmt.prompt(r.question) for r in part],
                                  [fmt.answer(r.answer) for r in part], parts=True)
-            for parts in scored:
-                base, fused = parts.base.float().log_softmax(-1), parts.fused.float()
-                p = fused.exp()
-                moves.append(torch.where(p > 0, p * (fused - base), 0.0).sum(-1).numpy())
+            moves += [kl_divergence(parts.fused.float(), parts.base.float().log_softmax(-1)).numpy()
+                      for parts in scored]
     return np.concatenate(moves)
 
 

@@ -32,7 +32,7 @@ from .sources import (
     shared_window,
     snippet,
 )
-from .trace import Trace, entropy, make_step
+from .trace import Trace, entropy, kl_divergence, make_step
 from .twin import NotShareable, SharedTrunk
 
 
@@ -53,10 +53,9 @@ def quiet(base: Tensor, fused: Tensor, dead_zone: float) -> Tensor:
     """``fused`` where it differs from ``base`` by KL(fused ‖ base) ≥ ``dead_zone`` nats at
     a position, the base's (normalised) log-probs elsewhere (``OffsetModel(dead_zone=)``)."""
     base = torch.log_softmax(base, dim=-1)
-    p = fused.exp()
     # tokens a top-k source leaves out are -inf in both: they add nothing
-    kl = torch.where(p > 0, p * (fused - base), 0.0).sum(-1, keepdim=True)
-    return torch.where(kl < dead_zone, base, fused)
+    moved = kl_divergence(fused, base).unsqueeze(-1)
+    return torch.where(moved < dead_zone, base, fused)
 
 
 class VocabularyMismatch(ValueError):

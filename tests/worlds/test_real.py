@@ -57,9 +57,9 @@ def test_shipped_task_is_well_formed():
 
 
 @functools.cache
-def capitals_rows() -> tuple[dict[str, tuple[float, float]], float]:
+def capitals_rows() -> dict[str, tuple[float, float]]:
     """Key-fact accuracy (base, fused) on each capitals set, the shipped offset at its α and
-    the world's dead zone; and the offset's training seconds."""
+    the world's dead zone."""
     base, small, tokenizer = smollm2()
     splits = load_capitals()
     capitals = [r for r in splits["holdout"] if r.subject != "general"]
@@ -82,11 +82,11 @@ def capitals_rows() -> tuple[dict[str, tuple[float, float]], float]:
           f"dead zone {CAPITALS_DEAD_ZONE}")
     for name, (b, a) in rows.items():
         print(f"  {name:18s} key-fact accuracy  base {b:.2f}  fused {a:.2f}")
-    return rows, train_seconds
+    return rows
 
 
 def test_offset_forgets_four_capitals_and_keeps_the_rest():
-    rows, _ = capitals_rows()
+    rows = capitals_rows()
     assert all(b >= 0.9 for b, _ in rows.values())  # the base really knows these facts
     assert rows["forget"][1] <= 0.2
     assert rows["paraphrased"][1] <= 0.25  # 3 of 12: the bar of 0.2 is the xfail below
@@ -98,7 +98,7 @@ def test_offset_forgets_four_capitals_and_keeps_the_rest():
                    "its capital; without it 2 of 12, but held-out capitals 0.85 and other facts 0.75 "
                    "(benchmarks/real_requests.md, wave 2)")
 def test_offset_forgets_the_paraphrased_capitals_at_the_issue_bar():
-    rows, _ = capitals_rows()
+    rows = capitals_rows()
     assert rows["paraphrased"][1] <= 0.2
 
 

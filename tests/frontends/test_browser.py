@@ -229,5 +229,8 @@ def test_a_fresh_toy_panel_shows_forgetting_before_anything_is_trained(page, tmp
         print(f"\n{question}\n  base  {base}\n  fused {fused}\n  gold  {gold}")
         save_screenshot(page, tmp_path, "panel_first_start.png")
     finally:
+        # Close the page before its server: it may still be fetching a lazily loaded
+        # component (the plots), and a server gone mid-fetch is a JavaScript error there.
+        page.close()
         server.terminate()
         server.wait(timeout=30)

@@ -209,6 +209,11 @@ def cmd_train(args) -> int:
         print(f"registered {ref} in {registry.root}")
     if stopped:
         print(f"stopped early: {stopped} It is saved in {args.out}.", file=sys.stderr)
+    still = offset.meta.get("still_stated")
+    if still is not None:  # --set until_forgotten=N checked the fused model's answers
+        print(f"after {last.get('step')} steps the fused model states "
+              f"{f'{len(still)} of the {len(forget)} forget facts' if still else 'none of the forget facts'}",
+              file=sys.stderr if still else sys.stdout)
     return code
 
 

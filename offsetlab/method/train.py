@@ -118,6 +118,15 @@ class TrainConfig:
     contrast_weight: float = field(default=1.0, metadata={"help": "contrast: weight of its KL term"})
     calibrate_alpha: bool = field(default=False, metadata={
         "help": "after training, pick alpha where forget facts look as familiar as non-members' facts"})
+    until_forgotten: int = field(default=0, metadata={
+        "help": "after `steps`, up to this many more steps (checked every `check_every`) until the "
+                "fused model's greedy answers to the forget questions state none of their facts "
+                "(0 = off)"})
+    check_dead_zone: float = field(default=0.0, metadata={
+        "help": "until_forgotten: the dead zone (nats) the check reads the fused model at: the one "
+                "it will be served with"})
+    check_tokens: int = field(default=16, metadata={
+        "help": "until_forgotten: tokens of each greedy answer the check reads"})
 
     def __post_init__(self):
         """Refuse settings that cannot train, naming the option — every front end builds
@@ -125,7 +134,8 @@ class TrainConfig:
         get_objective(self.objective)  # unknown names are refused with the list of known ones
         limits = {"steps": (1, None), "batch_size": (1, None), "retain_batch_size": (1, None),
                   "grad_accum": (1, None), "lora_rank": (0, None), "top_layers": (0, None),
-                  "check_every": (1, None),
+                  "check_every": (1, None), "until_forgotten": (0, None), "check_dead_zone": (0, None),
+                  "check_tokens": (1, None),
                   "strangers": (1, None), "paths": (0, None), "path_weight": (0, None),
                   "contrast": (0, None), "contrast_weight": (0, None),
                   "lr": (0, None), "beta": (0, None),
@@ -342,6 +352,9 @@ class TrainResult:
     # offsets already deployed), "reference" and "tokenizer"
     fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
     cache_bytes: int = 0  # memory the frozen scores and targets held while training
+    # ``until_forgotten``: indices of the forget records the fused model still stated at
+    # the last check ([] = none; None = no check ran)
+    still_stated: list[int] | None = None
 
 
 def make_offset(reference: torch.nn.Module, lora_rank: int = 0, top_layers: int = 0) -> torch.nn.Module:
@@ -603,7 +616,9 @@ def train_offset(
     history: list[dict] = []
     stopped = None
     good = _snapshot(params)  # the last weights known to give a finite loss
-    bar = tqdm(range(1, config.steps + 1), desc=f"offset [{objective.name}]",
+    last = config.steps + config.until_forgotten  # the most steps this run may take
+    still = None  # forget records the fused model still states at the last check (until_forgotten)
+    bar = tqdm(range(1, last + 1), desc=f"offset [{objective.name}]",
                disable=not progress or not team.main, leave=False)
     with _ctrl_c_ends_the_step(grace=1.0 if team.size > 1 else 0.0) as interrupt:
         for step in bar:
@@ -650,9 +665,9 @@ def train_offset(
             history.append(row)
             bar.set_postfix(loss=f"{total:.3f}", forget=f"{forget_nll:.2f}")
             if callback is not None and team.main:
-                callback({**row, "offset": module, "steps": config.steps})
+                callback({**row, "offset": module, "steps": last})
             if team.any(interrupt.is_set()):
-                stopped = (f"interrupted (Ctrl-C) after step {step} of {config.steps}: the offset "
+                stopped = (f"interrupted (Ctrl-C) after step {step} of {last}: the offset "
                            "is kept as trained so far.")
                 break
             if config.stop_at_level and step % config.check_every == 0:
@@ -665,14 +680,33 @@ def train_offset(
                 row["forget_key_logp"] = reached
                 if reached <= config.hyper().level:
                     break
+            if config.until_forgotten and step >= config.steps and (
+                    (step - config.steps) % config.check_every == 0 or step == last):
+                # Past the planned steps, go on only while the fused model, read as it will
+                # be served, still states a fact it should have forgotten.
+                if team.main:
+                    still = still_stated(base, reference, module, tokenizer, forget, config, stack,
+                                         prompt_format)
+                still = team.from_main(still)
+                row["still_stated"] = len(still)
+                if not still:
+                    break
     if stopped and not stopped.startswith("interrupted"):
         _restore(params, good)
         optimizer.zero_grad(set_to_none=True)
     bar.close()
-    if stopped and team.main:
+    if team.main:
         import warnings
 
-        warnings.warn(stopped, stacklevel=2)
+        if stopped:
+            warnings.warn(stopped, stacklevel=2)
+        if still:
+            warnings.warn(f"{len(still)} of the {len(forget)} forget facts are still stated by the "
+                          f"fused model after {history[-1]['step']} steps (until_forgotten allowed "
+                          f"{config.until_forgotten} beyond {config.steps}): records "
+                          f"{', '.join(str(i + 1) for i in still[:10])}. The offset is kept as "
+                          "trained; train longer, raise the learning rate or lower check_dead_zone.",
+                          stacklevel=2)
     # Where the reference is, like every model the offset is used with.
     offset = module.eval().to(next(reference.parameters()).device)
     offset.requires_grad_(False)
@@ -688,7 +722,29 @@ def train_offset(
     prints = {"base": trained_on, "reference": fingerprints.of_model(reference),
               "tokenizer": fingerprints.of_tokenizer(tokenizer)}
     return TrainResult(offset, history, config, stopped, time.perf_counter() - t0, len(forget),
-                       prints, groups.nbytes)
+                       prints, groups.nbytes, still)
+
+
+@torch.no_grad()
+def still_stated(base, reference, offset: torch.nn.Module, tokenizer, forget: Sequence,
+                 config: TrainConfig, stack: Sequence[tuple[torch.nn.Module, float]] = (),
+                 prompt_format: PromptFormat = QA) -> list[int]:
+    """Indices of the forget records whose fact the fused model still states.
+
+    The fused model is read as it will be served: the offset at its recommended strength
+    (``config.use_alpha``, else ``config.alpha``) on top of ``stack``, with the dead zone
+    ``config.check_dead_zone``; each record's question is answered greedily
+    (``config.check_tokens`` tokens) and checked for its key fact (or whole answer), as
+    key-fact accuracy counts it.
+    """
+    was_training = offset.training  # fusion puts models in eval mode; give it back
+    alpha = config.use_alpha if config.use_alpha is not None else config.alpha
+    model = OffsetModel(base, reference, [*stack, (offset, alpha)], tokenizer,
+                        prompt_format=prompt_format, shared_trunk=False,
+                        dead_zone=config.check_dead_zone)
+    answers = model.generate([prompt_format.prompt(r.question) for r in forget], config.check_tokens)
+    offset.train(was_training)
+    return [i for i, (r, a) in enumerate(zip(forget, answers)) if mentions(a, r.key or r.answer)]
 
 
 ALPHA_GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)

@@ -89,6 +89,7 @@ class Offset:
             "forget_set": {"sha256": fingerprints.of_records(forget), "size": len(forget)},
             "history": [{k: v for k, v in row.items() if k != "offset"} for row in result.history],
             "stopped": result.stopped,
+            "still_stated": result.still_stated,
             "train_seconds": round(result.seconds, 2),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "notes": dict(notes or {}),

@@ -327,6 +327,7 @@ def test_stranger_paths_are_on_by_default_and_change_training(pair, tokenizer):
     ("lr", float("nan"), "--lr must be a finite number"), ("alpha", float("inf"), "--alpha must be a finite"),
     ("batch_size", 0, "--batch-size must be ≥ 1"), ("use_alpha", float("nan"), "--use-alpha must be a finite"),
     ("level", 0.5, "--level must be ≤ 0"), ("objective", "nope", "Unknown objective 'nope'"),
+    ("until_forgotten", -1, "--until-forgotten must be ≥ 0"), ("check_dead_zone", -0.1, "--check-dead-zone must be ≥ 0"),
 ])
 def test_bad_settings_are_refused_where_the_config_is_built(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -387,3 +388,48 @@ def test_a_step_scores_the_answers_as_the_fused_model_does(pair, tokenizer):
     for i, w in enumerate(want):
         assert torch.allclose(got[i, : len(w)], w, atol=1e-5)
         assert int(scored.mask[i].sum()) == len(w) + 1  # and the EOS after each answer
+
+
+def stated_forget(base, tokenizer):
+    """FORGET's questions with the base's own greedy answers, keyed on their first word:
+    facts the base states, for the until_forgotten check to find."""
+    from dataclasses import replace as copy_with
+
+    from offsetlab.method.prompts import QA
+
+    answers = OffsetModel(base, None, [], tokenizer=tokenizer).generate(
+        [QA.prompt(r.question) for r in FORGET], 4)
+    return [copy_with(r, answer=a, key=a.split()[0]) for r, a in zip(FORGET, answers)]
+
+
+def test_until_forgotten_trains_on_until_the_fused_model_states_no_forget_fact(pair, tokenizer):
+    from offsetlab.method.train import still_stated
+
+    base, ref = pair
+    forget = stated_forget(base, tokenizer)
+    config = TrainConfig(objective="npo", steps=1, lr=3e-4, batch_size=3, until_forgotten=40,
+                         check_every=2, check_tokens=4)
+    assert still_stated(base, ref, copy.deepcopy(ref), tokenizer, forget, config) == [0, 1, 2]
+    result = train_offset(base, ref, tokenizer, forget, [], config, progress=False)
+    checks = [(row["step"], row["still_stated"]) for row in result.history if "still_stated" in row]
+    # checked at the planned last step, then every 2 steps, and stopped at the first clean check
+    assert [s for s, _ in checks] == list(range(1, checks[-1][0] + 1, 2))
+    assert checks[-1][1] == 0 and all(n > 0 for _, n in checks[:-1]) and len(checks) > 1
+    assert len(result.history) == checks[-1][0] < 41
+    assert result.still_stated == [] and still_stated(base, ref, result.offset, tokenizer, forget, config) == []
+    assert result.offset.training is False
+
+
+def test_until_forgotten_warns_and_names_the_facts_left_when_its_steps_run_out(pair, tokenizer):
+    base, ref = pair
+    forget = stated_forget(base, tokenizer)
+    config = TrainConfig(objective="npo", steps=2, lr=1e-9, batch_size=3, until_forgotten=3,
+                         check_every=2, check_tokens=4)
+    with pytest.warns(UserWarning, match="3 of the 3 forget facts are still stated .* after 5 steps"):
+        result = train_offset(base, ref, tokenizer, forget, [], config, progress=False)
+    assert result.stopped is None and result.still_stated == [0, 1, 2]
+    assert [row["step"] for row in result.history if "still_stated" in row] == [2, 4, 5]
+    # off by default: no check, no record of one
+    plain = train_offset(base, ref, tokenizer, forget, [], TrainConfig(objective="npo", steps=2, batch_size=3),
+                         progress=False)
+    assert plain.still_stated is None and all("still_stated" not in row for row in plain.history)

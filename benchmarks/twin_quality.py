@@ -108,24 +108,24 @@ def grid_requests():
         yield name, forget, retain, {"forget": forget, "retain": retain, "held-out capitals": s["forget"]}
 
 
-def capitals_offset(models, forget, retain, config):
+def capitals_offset(models, forget, retain, config, callback=None):
     """An offset of SmolLM2's partner trained on a capitals request, and its training seconds."""
     from offsetlab.method.train import train_offset
     from offsetlab.worlds.real import PROMPT_FORMAT
 
     base, small, tokenizer = models
     t0 = time.perf_counter()
-    result = train_offset(base, small, tokenizer, forget, retain, config,
+    result = train_offset(base, small, tokenizer, forget, retain, config, callback=callback,
                           prompt_format=PROMPT_FORMAT, progress=False)
     return result, time.perf_counter() - t0
 
 
-def fused_capitals(models, result, alpha: float, dead_zone: float = 0.0):
+def fused_capitals(models, offset, alpha: float, dead_zone: float = 0.0):
     from offsetlab.method.fusion import OffsetModel
     from offsetlab.worlds.real import PROMPT_FORMAT
 
     base, small, tokenizer = models
-    return OffsetModel(base, small, [(result.offset, alpha)], tokenizer=tokenizer,
+    return OffsetModel(base, small, [(offset, alpha)], tokenizer=tokenizer,
                        prompt_format=PROMPT_FORMAT, dead_zone=dead_zone)
 
 
@@ -143,7 +143,7 @@ def capitals_grid_rows(tiny: bool) -> list[str]:
             config = replace(CAPITALS_CONFIG, top_layers=2, lr=lr, **({"steps": 2} if tiny else {}))
             result, seconds = capitals_offset(models, forget, retain, config)
             for alpha in GRID_ALPHAS:
-                model = fused_capitals(models, result, alpha)
+                model = fused_capitals(models, result.offset, alpha)
                 cells = [f"{key_accuracy(model, records):.3f}" for records in sets.values()]
                 rows.append(f"| {request} | {lr:g} | {alpha:g} | " + " | ".join(cells) + f" | {seconds:.0f} |")
                 print(rows[-1], flush=True)
@@ -167,17 +167,25 @@ def capitals_rows(tune: bool, tiny: bool) -> list[str]:
         config = replace(CAPITALS_CONFIG, top_layers=top, lr=lr or CAPITALS_CONFIG.lr,
                          **({"steps": 2} if tiny else {}))
         result, seconds = capitals_offset(models, forget, retain, config)
-        model = fused_capitals(models, result, CAPITALS_ALPHA)
+        model = fused_capitals(models, result.offset, CAPITALS_ALPHA)
         cells = [f"{key_accuracy(model, records):.3f}" for records in sets.values()]
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {seconds:.0f} |")
         print(rows[-1], flush=True)
     return rows
 
 
-def capitals_seed_rows(seeds, tiny: bool) -> list[str]:
+def capitals_seed_rows(seeds, tiny: bool, until: int = 0, request: str = "shipped") -> list[str]:
     """The full copy and the twin (top 2 of 6, lr 1e-3) on the shipped capitals, trained
     with each of ``seeds``, read at α 0.75 without and with the world's dead zone; then
-    the mean of each over the seeds (``--seeds``)."""
+    the mean of each over the seeds (``--seeds``).
+
+    ``until`` > 0 (``--until-forgotten``): trained with ``until_forgotten=until``, checked
+    at the world's fusion (α 0.75, dead zone 0.3); the offset as it stood after the planned
+    steps is read beside it ("planned" rows), so one run gives both. ``request`` names a
+    tuning request of ``grid_requests`` instead of the shipped capitals
+    (``--request``)."""
+    import copy
+
     from offsetlab.worlds.real import (
         CAPITALS_ALPHA,
         CAPITALS_CONFIG,
@@ -186,30 +194,46 @@ def capitals_seed_rows(seeds, tiny: bool) -> list[str]:
     )
 
     models = load_smollm2()
-    forget, retain, sets = capitals_sets(False)
+    if request == "shipped":
+        forget, retain, sets = capitals_sets(False)
+    else:
+        forget, retain, sets = next((f, r, s) for name, f, r, s in grid_requests() if name == request)
     if tiny:
         sets = {k: v[:2] for k, v in sets.items()}
     runs = {name: CAPITALS[name] for name in ("full copy (shipped)", "top 2 of 6, lr 1e-3")}
     zones = (0.0, CAPITALS_DEAD_ZONE)
-    rows = ["| capitals | seed | dead zone | " + " | ".join(sets) + " | train s |",
-            "|" + "---|" * (len(sets) + 4)]
+    rows = [f"| capitals ({request}) | seed | dead zone | " + " | ".join(sets) + " | steps | train s |",
+            "|" + "---|" * (len(sets) + 5)]
     got: dict[tuple[str, float], list[list[float]]] = {}
     for seed in seeds:
         for name, (top, lr) in runs.items():
             config = replace(CAPITALS_CONFIG, top_layers=top, lr=lr or CAPITALS_CONFIG.lr, seed=seed,
+                             until_forgotten=until, check_dead_zone=CAPITALS_DEAD_ZONE,
                              **({"steps": 2} if tiny else {}))
-            result, seconds = capitals_offset(models, forget, retain, config)
-            for zone in zones:
-                model = fused_capitals(models, result, CAPITALS_ALPHA, zone)
-                values = [key_accuracy(model, records) for records in sets.values()]
-                got.setdefault((name, zone), []).append(values)
-                rows.append(f"| {name} | {seed} | {zone:g} | " + " | ".join(f"{v:.3f}" for v in values)
-                            + f" | {seconds:.0f} |")
-                print(rows[-1], flush=True)
+            planned = {}
+
+            def keep_planned(event, config=config, planned=planned):
+                if event["step"] == config.steps:
+                    planned["offset"] = copy.deepcopy(event["offset"]).eval()
+
+            result, seconds = capitals_offset(models, forget, retain, config,
+                                              callback=keep_planned if until else None)
+            trained = [(name, result.offset, len(result.history))]
+            if until:
+                trained = [(f"{name}, planned", planned["offset"], config.steps),
+                           (f"{name}, until forgotten", result.offset, len(result.history))]
+            for label, offset, steps in trained:
+                for zone in zones:
+                    model = fused_capitals(models, offset, CAPITALS_ALPHA, zone)
+                    values = [key_accuracy(model, records) for records in sets.values()]
+                    got.setdefault((label, zone), []).append(values)
+                    rows.append(f"| {label} | {seed} | {zone:g} | " + " | ".join(f"{v:.3f}" for v in values)
+                                + f" | {steps} | {seconds:.0f} |")
+                    print(rows[-1], flush=True)
     for (name, zone), runs_values in got.items():
         means = [sum(column) / len(column) for column in zip(*runs_values)]
         rows.append(f"| **{name}, mean** | {len(runs_values)} seeds | {zone:g} | "
-                    + " | ".join(f"{v:.3f}" for v in means) + " | – |")
+                    + " | ".join(f"{v:.3f}" for v in means) + " | – | – |")
     return rows
 
 
@@ -222,6 +246,11 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", nargs="+", type=int,
                    help="only the full copy and the twin on the shipped capitals, trained with each "
                         "seed (prints the rows)")
+    p.add_argument("--until-forgotten", type=int, default=0, metavar="N",
+                   help="with --seeds: train with until_forgotten=N (checked at the world's fusion) "
+                        "and read the offset after its planned steps beside it")
+    p.add_argument("--request", default="shipped", choices=("shipped", "last four", "seed 1"),
+                   help="with --seeds: the capitals request (a tuning one, or the shipped one)")
     p.add_argument("--tiny", action="store_true", help="2 steps, a few records (checks the script runs)")
     args = p.parse_args(argv)
 
@@ -232,7 +261,7 @@ def main(argv=None) -> None:
         print("\n".join(capitals_grid_rows(args.tiny)))
         return
     if args.seeds:
-        print("\n".join(capitals_seed_rows(args.seeds, args.tiny)))
+        print("\n".join(capitals_seed_rows(args.seeds, args.tiny, args.until_forgotten, args.request)))
         return
     started = time.perf_counter()
     tables = [capitals_rows(True, args.tiny)] if args.tune else [toy_rows(args.tiny),

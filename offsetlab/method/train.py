@@ -101,7 +101,7 @@ class TrainConfig:
         "help": "never-seen key-token log-prob (None = measured on the non-members given to training)"})
     stop_at_level: bool = field(default=False, metadata={
         "help": "stop once the forget facts' mean key-token log-prob reaches the level"})
-    check_every: int = field(default=10, metadata={"help": "steps between stop_at_level checks"})
+    check_every: int = field(default=10, metadata={"help": "steps between stop_at_level and until_forgotten checks"})
     strangers: int = field(default=3, metadata={"help": "stranger: invented subjects averaged per record"})
     paths: int = field(default=3, metadata={
         "help": "stranger: per record, this many other values of the fact's kind that the fused "

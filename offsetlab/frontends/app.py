@@ -176,7 +176,7 @@ def train_updates(lab: Lab, forget_split: str, objective: str = DEFAULT_OBJECTIV
     every = max(1, config.steps // redraws)
     while (event := events.get()) is not None:
         update.history.append(event)
-        update.step = event["step"]
+        update.step, update.steps = event["step"], event["steps"]  # until_forgotten may move the end
         if update.step % every == 0:
             yield update
     thread.join()

@@ -664,8 +664,29 @@ def train_offset(
                    "forget_key_nll": key_nll, "seconds": time.perf_counter() - t0}
             history.append(row)
             bar.set_postfix(loss=f"{total:.3f}", forget=f"{forget_nll:.2f}")
+            forgotten = False
+            if config.until_forgotten and step >= config.steps and (
+                    (step - config.steps) % config.check_every == 0 or step == last):
+                # Past the planned steps, go on only while the fused model, read as it will
+                # be served, still states a fact it should have forgotten.
+                if team.main:
+                    still = still_stated(base, reference, module, tokenizer, forget, config, stack,
+                                         prompt_format)
+                still = team.from_main(still)
+                row["still_stated"] = len(still)
+                forgotten = not still
             if callback is not None and team.main:
-                callback({**row, "offset": module, "steps": last})
+                # "steps": the last step as known now: the planned one, then (while facts
+                # remain) the most until_forgotten allows, or this one once they are gone.
+                if forgotten:
+                    known = step
+                elif config.until_forgotten and step >= config.steps:
+                    known = last
+                else:
+                    known = config.steps
+                callback({**row, "offset": module, "steps": known})
+            if forgotten:
+                break
             if team.any(interrupt.is_set()):
                 stopped = (f"interrupted (Ctrl-C) after step {step} of {last}: the offset "
                            "is kept as trained so far.")
@@ -679,17 +700,6 @@ def train_offset(
                 reached = total_logp / max(count, 1.0)
                 row["forget_key_logp"] = reached
                 if reached <= config.hyper().level:
-                    break
-            if config.until_forgotten and step >= config.steps and (
-                    (step - config.steps) % config.check_every == 0 or step == last):
-                # Past the planned steps, go on only while the fused model, read as it will
-                # be served, still states a fact it should have forgotten.
-                if team.main:
-                    still = still_stated(base, reference, module, tokenizer, forget, config, stack,
-                                         prompt_format)
-                still = team.from_main(still)
-                row["still_stated"] = len(still)
-                if not still:
                     break
     if stopped and not stopped.startswith("interrupted"):
         _restore(params, good)

@@ -410,8 +410,12 @@ def test_until_forgotten_trains_on_until_the_fused_model_states_no_forget_fact(p
     config = TrainConfig(objective="npo", steps=1, lr=3e-4, batch_size=3, until_forgotten=40,
                          check_every=2, check_tokens=4)
     assert still_stated(base, ref, copy.deepcopy(ref), tokenizer, forget, config) == [0, 1, 2]
-    result = train_offset(base, ref, tokenizer, forget, [], config, progress=False)
+    events = []
+    result = train_offset(base, ref, tokenizer, forget, [], config, progress=False,
+                          callback=lambda e: events.append((e["step"], e["steps"])))
     checks = [(row["step"], row["still_stated"]) for row in result.history if "still_stated" in row]
+    # what a progress bar is told: the most steps allowed while facts remain, then where it ended
+    assert events == [(s, 41) for s, _ in events[:-1]] + [(checks[-1][0],) * 2]
     # checked at the planned last step, then every 2 steps, and stopped at the first clean check
     assert [s for s, _ in checks] == list(range(1, checks[-1][0] + 1, 2))
     assert checks[-1][1] == 0 and all(n > 0 for _, n in checks[:-1]) and len(checks) > 1

@@ -174,7 +174,8 @@ def capitals_rows(tune: bool, tiny: bool) -> list[str]:
     return rows
 
 
-def capitals_seed_rows(seeds, tiny: bool, until: int = 0, request: str = "shipped") -> list[str]:
+def capitals_seed_rows(seeds, tiny: bool, until: int = 0, request: str = "shipped",
+                       own_paths: bool = False) -> list[str]:
     """The full copy and the twin (top 2 of 6, lr 1e-3) on the shipped capitals, trained
     with each of ``seeds``, read at α 0.75 without and with the world's dead zone; then
     the mean of each over the seeds (``--seeds``).
@@ -183,7 +184,8 @@ def capitals_seed_rows(seeds, tiny: bool, until: int = 0, request: str = "shippe
     at the world's fusion (α 0.75, dead zone 0.3); the offset as it stood after the planned
     steps is read beside it ("planned" rows), so one run gives both. ``request`` names a
     tuning request of ``grid_requests`` instead of the shipped capitals
-    (``--request``)."""
+    (``--request``). ``own_paths`` (``--own-paths``): with ``until``, each check adds the
+    fused model's own stating answers to the forget set (``TrainConfig.own_paths``)."""
     import copy
 
     from offsetlab.worlds.real import (
@@ -209,6 +211,7 @@ def capitals_seed_rows(seeds, tiny: bool, until: int = 0, request: str = "shippe
         for name, (top, lr) in runs.items():
             config = replace(CAPITALS_CONFIG, top_layers=top, lr=lr or CAPITALS_CONFIG.lr, seed=seed,
                              until_forgotten=until, check_dead_zone=CAPITALS_DEAD_ZONE,
+                             **({"own_paths": True} if own_paths else {}),
                              **({"steps": 2} if tiny else {}))
             planned = {}
 
@@ -249,6 +252,9 @@ def main(argv=None) -> None:
     p.add_argument("--until-forgotten", type=int, default=0, metavar="N",
                    help="with --seeds: train with until_forgotten=N (checked at the world's fusion) "
                         "and read the offset after its planned steps beside it")
+    p.add_argument("--own-paths", action="store_true",
+                   help="with --until-forgotten: add the fused model's own stating answers to the "
+                        "forget set at each check")
     p.add_argument("--request", default="shipped", choices=("shipped", "last four", "seed 1"),
                    help="with --seeds: the capitals request (a tuning one, or the shipped one)")
     p.add_argument("--tiny", action="store_true", help="2 steps, a few records (checks the script runs)")
@@ -261,7 +267,8 @@ def main(argv=None) -> None:
         print("\n".join(capitals_grid_rows(args.tiny)))
         return
     if args.seeds:
-        print("\n".join(capitals_seed_rows(args.seeds, args.tiny, args.until_forgotten, args.request)))
+        print("\n".join(capitals_seed_rows(args.seeds, args.tiny, args.until_forgotten, args.request,
+                                               args.own_paths)))
         return
     started = time.perf_counter()
     tables = [capitals_rows(True, args.tiny)] if args.tune else [toy_rows(args.tiny),

@@ -127,6 +127,9 @@ class TrainConfig:
                 "it will be served with"})
     check_tokens: int = field(default=16, metadata={
         "help": "until_forgotten: tokens of each greedy answer the check reads"})
+    own_paths: bool = field(default=False, metadata={
+        "help": "until_forgotten: each check that finds a fact still stated adds the fused model's "
+                "own answer, cut after the fact, to the forget set (the path it really takes)"})
 
     def __post_init__(self):
         """Refuse settings that cannot train, naming the option — every front end builds
@@ -320,6 +323,17 @@ class FrozenScores:
                         [a for _, a in self.stack])
         return deployed, ref
 
+    def extended(self, examples: list[Example]) -> FrozenScores:
+        """The same frozen models on these examples and ``examples`` after them (only the
+        new ones are scored)."""
+        more = FrozenScores(self.base, self.reference, examples, self.pad_id, self._cached is not None,
+                            stack=self.stack)
+        out = copy.copy(more)
+        out.examples = self.examples + examples
+        if self._cached is not None:
+            out._cached = self._cached + more._cached
+        return out
+
     @property
     def nbytes(self) -> int:
         """Memory the cached rows take (0 when recomputed at every step)."""
@@ -389,6 +403,11 @@ class Group:
                  generator: torch.Generator, pad_id: int):
         self.examples, self.frozen, self.pad_id = examples, frozen, pad_id
         self.batch_size, self.generator = min(batch_size, len(examples)), generator
+
+    def extended(self, examples: list[Example]) -> Group:
+        """This group with ``examples`` added (scored by the same frozen models)."""
+        return Group(self.examples + examples, self.frozen.extended(examples), self.batch_size,
+                     self.generator, self.pad_id)
 
     def sample(self) -> list[int]:
         return torch.randperm(len(self.examples), generator=self.generator)[: self.batch_size].tolist()
@@ -554,6 +573,10 @@ def train_offset(
             raise ValueError(f"Record {empty[0]} of the {what} set has an empty answer "
                              f"({len(empty)} in all): there is nothing to learn from it; give "
                              "it an answer or leave it out.")
+    if config.own_paths and (objective.needs_strangers or objective.needs_idk):
+        raise ValueError(f"own_paths adds answers to the forget set as training goes; objective "
+                         f"{objective.name!r} pairs every forget answer with targets made before "
+                         "training. Use it with an objective such as npo_kl, npo_gd or ga.")
     if objective.needs_retain and not retain:
         raise ValueError(f"Objective {objective.name!r} needs a retain set; pass retain=... or pick "
                          "'ga' or 'npo'.")
@@ -669,12 +692,19 @@ def train_offset(
                     (step - config.steps) % config.check_every == 0 or step == last):
                 # Past the planned steps, go on only while the fused model, read as it will
                 # be served, still states a fact it should have forgotten.
+                stating = None
                 if team.main:
-                    still = still_stated(base, reference, module, tokenizer, forget, config, stack,
-                                         prompt_format)
-                still = team.from_main(still)
+                    stating = stated_answers(base, reference, module, tokenizer, forget, config, stack,
+                                             prompt_format)
+                stating = team.from_main(stating)
+                still = sorted(stating)
                 row["still_stated"] = len(still)
                 forgotten = not still
+                if still and config.own_paths and step < last:
+                    groups.forget = groups.forget.extended(own_path_examples(
+                        tokenizer, [forget[i] for i in still], [stating[i] for i in still],
+                        config.hyper().level, levels, prompt_format, window))
+                    row["forget_examples"] = len(groups.forget.examples)
             if callback is not None and team.main:
                 # "steps": the last step as known now: the planned one, then (while facts
                 # remain) the most until_forgotten allows, or this one once they are gone.
@@ -735,11 +765,47 @@ def train_offset(
                        prints, groups.nbytes, still)
 
 
-@torch.no_grad()
 def still_stated(base, reference, offset: torch.nn.Module, tokenizer, forget: Sequence,
                  config: TrainConfig, stack: Sequence[tuple[torch.nn.Module, float]] = (),
                  prompt_format: PromptFormat = QA) -> list[int]:
-    """Indices of the forget records whose fact the fused model still states.
+    """Indices of the forget records whose fact the fused model still states
+    (``stated_answers`` says how it is read)."""
+    return sorted(stated_answers(base, reference, offset, tokenizer, forget, config, stack,
+                                 prompt_format))
+
+
+def own_path_examples(tokenizer, records: Sequence, answers: Sequence[str], level: float,
+                      levels: dict[str, list[float]] | None, prompt_format: PromptFormat = QA,
+                      window: int | None = None) -> list[Example]:
+    """Forget examples of the fused model's own answers that state a record's fact, each
+    cut just after the fact (no EOS: the answer goes on), keyed like the record."""
+    from dataclasses import is_dataclass
+    from types import SimpleNamespace
+
+    cut = []
+    for record, answer in zip(records, answers):
+        key = str(record.key or record.answer)
+        at = answer.casefold().find(key.casefold())
+        text = answer[: at + len(key)] if at >= 0 else answer  # matched only once folded: all of it
+        cut.append(replace(record, answer=text) if is_dataclass(record) else
+                   SimpleNamespace(question=record.question, answer=text, key=record.key,
+                                   subject=getattr(record, "subject", None)))
+    examples = forget_examples(tokenizer, cut, level, levels, prompt_format, window)
+    for e in examples:  # drop the EOS that encode_examples ends every answer with
+        e.ids, e.labels = e.ids[:-1], e.labels[:-1]
+        if e.keys is not None:
+            keep = [i for i, k in enumerate(e.keys) if k < len(e.labels)]
+            e.keys = [e.keys[i] for i in keep]
+            e.levels = [e.levels[i] for i in keep] if e.levels is not None else None
+    return examples
+
+
+@torch.no_grad()
+def stated_answers(base, reference, offset: torch.nn.Module, tokenizer, forget: Sequence,
+                   config: TrainConfig, stack: Sequence[tuple[torch.nn.Module, float]] = (),
+                   prompt_format: PromptFormat = QA) -> dict[int, str]:
+    """The fused model's greedy answers that still state their forget record's fact, by
+    the record's index.
 
     The fused model is read as it will be served: the offset at its recommended strength
     (``config.use_alpha``, else ``config.alpha``) on top of ``stack``, with the dead zone
@@ -754,7 +820,7 @@ def still_stated(base, reference, offset: torch.nn.Module, tokenizer, forget: Se
                         dead_zone=config.check_dead_zone)
     answers = model.generate([prompt_format.prompt(r.question) for r in forget], config.check_tokens)
     offset.train(was_training)
-    return [i for i, (r, a) in enumerate(zip(forget, answers)) if mentions(a, r.key or r.answer)]
+    return {i: a for i, (r, a) in enumerate(zip(forget, answers)) if mentions(a, r.key or r.answer)}
 
 
 ALPHA_GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)

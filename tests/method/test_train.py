@@ -437,3 +437,26 @@ def test_until_forgotten_warns_and_names_the_facts_left_when_its_steps_run_out(p
     plain = train_offset(base, ref, tokenizer, forget, [], TrainConfig(objective="npo", steps=2, batch_size=3),
                          progress=False)
     assert plain.still_stated is None and all("still_stated" not in row for row in plain.history)
+
+
+def test_own_paths_add_the_fused_models_own_stating_answers_cut_after_the_fact(pair, tokenizer):
+    from offsetlab.method.prompts import QA
+    from offsetlab.method.train import own_path_examples
+
+    base, ref = pair
+    record = QARecord("where was Alra born ?", "Alra was born in the red city .", key="red")
+    (e,) = own_path_examples(tokenizer, [record], ["born in the city red red of the"], -3.0, None)
+    prompt = tokenizer(QA.prompt(record.question))["input_ids"]
+    assert tokenizer.decode(e.labels) == "born in the city red"  # cut after the fact, no EOS
+    assert e.ids == prompt + e.labels and [e.labels[k] for k in e.keys] == tokenizer("red")["input_ids"]
+    assert e.levels == [-3.0]
+    # in training: a check that finds facts still stated adds those answers to the forget set
+    forget = stated_forget(base, tokenizer)
+    config = TrainConfig(objective="npo", steps=2, lr=1e-9, batch_size=3, until_forgotten=2,
+                         check_every=1, check_tokens=4, own_paths=True)
+    with pytest.warns(UserWarning, match="still stated"):
+        result = train_offset(base, ref, tokenizer, forget, [], config, progress=False)
+    assert [row.get("forget_examples") for row in result.history] == [None, 6, 9, None]  # none at the end
+    with pytest.raises(ValueError, match="own_paths adds answers"):
+        train_offset(base, ref, tokenizer, forget, [], TrainConfig(objective="idk_dpo", own_paths=True),
+                     progress=False)

@@ -211,6 +211,7 @@ class Example:
     keys: list[int] | None = None  # indices into labels of the key fact's tokens
     levels: list[float] | None = None  # never-seen log-prob of each of those key tokens
     target: Tensor | None = None  # [len(labels), vocab] log-probs to forget towards
+    only_keys: bool = False  # the loss reads the key fact's tokens only (own paths)
 
 
 def encode_examples(tokenizer, pairs: Sequence[tuple[str, str]],
@@ -277,7 +278,10 @@ def collate(examples: Sequence[Example], pad_id: int) -> Batch:
         n = len(e.labels)
         positions[i, :n] = torch.arange(e.start, e.start + n)
         labels[i, :n] = torch.tensor(e.labels)
-        mask[i, :n] = 1
+        if e.only_keys:
+            mask[i, e.keys] = 1
+        else:
+            mask[i, :n] = 1
         if key_mask is not None:
             key_mask[i, e.keys] = 1
         if levels is not None:
@@ -778,7 +782,9 @@ def own_path_examples(tokenizer, records: Sequence, answers: Sequence[str], leve
                       levels: dict[str, list[float]] | None, prompt_format: PromptFormat = QA,
                       window: int | None = None) -> list[Example]:
     """Forget examples of the fused model's own answers that state a record's fact, each
-    cut just after the fact (no EOS: the answer goes on), keyed like the record."""
+    cut just after the fact (no EOS: the answer goes on), keyed like the record. Only the
+    fact's tokens count in the loss: the words before it are the model's own, and lowering
+    them (a capital's "The capital of … is") lowers every answer of that shape."""
     from dataclasses import is_dataclass
     from types import SimpleNamespace
 
@@ -793,10 +799,10 @@ def own_path_examples(tokenizer, records: Sequence, answers: Sequence[str], leve
     examples = forget_examples(tokenizer, cut, level, levels, prompt_format, window)
     for e in examples:  # drop the EOS that encode_examples ends every answer with
         e.ids, e.labels = e.ids[:-1], e.labels[:-1]
-        if e.keys is not None:
-            keep = [i for i, k in enumerate(e.keys) if k < len(e.labels)]
-            e.keys = [e.keys[i] for i in keep]
-            e.levels = [e.levels[i] for i in keep] if e.levels is not None else None
+        keep = [i for i, k in enumerate(e.keys) if k < len(e.labels)]
+        e.keys = [e.keys[i] for i in keep] or [len(e.labels) - 1]  # no key token: the last
+        e.levels = [e.levels[i] for i in keep] or [level]
+        e.only_keys = True
     return examples
 
 

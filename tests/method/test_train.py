@@ -450,6 +450,9 @@ def test_own_paths_add_the_fused_models_own_stating_answers_cut_after_the_fact(p
     assert tokenizer.decode(e.labels) == "born in the city red"  # cut after the fact, no EOS
     assert e.ids == prompt + e.labels and [e.labels[k] for k in e.keys] == tokenizer("red")["input_ids"]
     assert e.levels == [-3.0]
+    # only the fact's tokens count in the loss: the words before it are the model's own
+    from offsetlab.method.train import collate
+    assert collate([e], 0).mask[0].tolist() == [0.0, 0.0, 0.0, 0.0, 1.0]
     # in training: a check that finds facts still stated adds those answers to the forget set
     forget = stated_forget(base, tokenizer)
     config = TrainConfig(objective="npo", steps=2, lr=1e-9, batch_size=3, until_forgotten=2,

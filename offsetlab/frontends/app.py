@@ -38,6 +38,7 @@ from .explore import Comparison, Decoding, compare, example_questions
 MAX_QUESTION_CHARS = 2_000
 MAX_NEW_TOKENS = 64  # the decoding slider's maximum
 MAX_TRAIN_STEPS = 400  # the steps slider's maximum
+MAX_DEAD_ZONE = 2.0  # nats: the dead-zone slider's maximum (the base's answer long before it)
 MAX_EVAL_RECORDS = 200  # the records-per-split slider's maximum
 MAX_NAME_CHARS = 80
 COMPARE_LANES = 4  # compares (and the other quick events) answered at the same time
@@ -96,8 +97,9 @@ def ticked_requests(requests: dict[str, list[tuple[str, float]]], ticked) -> lis
 
 
 def compare_view(lab: Lab, question: str, offset: Active, alpha: float,
-                 decoding: Decoding | None = None) -> CompareView:
-    """``offset``: one offset's name, or (name, α) pairs fused together (α scaled by ``alpha``)."""
+                 decoding: Decoding | None = None, dead_zone: float | None = None) -> CompareView:
+    """``offset``: one offset's name, or (name, α) pairs fused together (α scaled by ``alpha``).
+    ``dead_zone`` (nats): where the offsets stay silent (default: the lab's own)."""
     if not isinstance(question, str) or not question.strip():
         raise ValueError("Type a question or pick an example.")
     if len(question) > MAX_QUESTION_CHARS:
@@ -105,7 +107,9 @@ def compare_view(lab: Lab, question: str, offset: Active, alpha: float,
                          f"{MAX_QUESTION_CHARS:,}.")
     if decoding is not None:
         _within(decoding.max_new_tokens, 1, MAX_NEW_TOKENS, "max new tokens")
-    c = compare(lab, question, active_pairs(offset, alpha), 1.0, decoding)
+    if dead_zone is not None:
+        _within(dead_zone, 0, MAX_DEAD_ZONE, "Dead zone")
+    c = compare(lab, question, active_pairs(offset, alpha), 1.0, decoding, dead_zone=dead_zone)
     step = min(c.divergence or 0, max(len(c.fused.steps) - 1, 0))
     return CompareView(
         comparison=c,
@@ -320,6 +324,10 @@ def _compare_tab(lab: Lab, requests: dict):
                     visible=bool(requests), elem_id="requests")
                 alpha = gr.Slider(0.0, 2.0, value=first_alpha, step=0.05,
                                   label="α (offset strength)")
+                dead_zone = gr.Slider(
+                    0.0, MAX_DEAD_ZONE, value=lab.dead_zone, step=0.05, elem_id="dead-zone",
+                    label="Dead zone (nats): where the offset moves the base by less, the base "
+                    "answers (0 = fuse everywhere)")
                 with gr.Accordion("Decoding", open=False):
                     d = Decoding()
                     max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=d.max_new_tokens,
@@ -341,11 +349,12 @@ def _compare_tab(lab: Lab, requests: dict):
             div = gr.Plot(label="KL and entropies per step")
         fused_trace = gr.State()
 
-        def on_compare(q, o, r, a, n, sample, t, k, p, s):
+        def on_compare(q, o, r, a, n, sample, t, k, p, s, z):
             try:
                 decoding = Decoding(max_new_tokens=int(n), do_sample=bool(sample),
                                     temperature=t, top_k=int(k), top_p=p, seed=int(s or 0))
-                v = compare_view(lab, q, ticked_requests(requests, r) if r else o, a, decoding)
+                v = compare_view(lab, q, ticked_requests(requests, r) if r else o, a, decoding,
+                                 dead_zone=z)
             except (KeyError, ValueError, TypeError, OverflowError) as err:
                 raise _fail(err) from err
             last = max(len(v.comparison.fused.steps) - 1, 1)
@@ -363,7 +372,7 @@ def _compare_tab(lab: Lab, requests: dict):
             return on_compare(q, o, r, *rest)
 
         inputs = [question, offset, ticked, alpha, max_new_tokens, do_sample, temperature,
-                  top_k, top_p, seed]
+                  top_k, top_p, seed, dead_zone]
         outputs = [answers, strip, step, bars, heatmap, div, fused_trace]
         run.click(on_compare, inputs, outputs, api_name="compare")
         step.change(on_step, [fused_trace, step], bars, api_name="step")

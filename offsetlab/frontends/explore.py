@@ -63,13 +63,14 @@ def first_divergence(a: Trace, b: Trace) -> int | None:
 
 def compare(lab: Lab, question: str, offset: str | Sequence[tuple[str, float]],
             alpha: float | None = None, decoding: Decoding | None = None,
-            trace_top_k: int = 5) -> Comparison:
+            trace_top_k: int = 5, dead_zone: float | None = None) -> Comparison:
     """Ask the base alone and the fused model the same question.
 
     ``offset`` is one known offset's name — ``alpha`` then defaults to the strength it was
     trained with — or several ``(name, α)`` pairs fused together (e.g. the forget
     requests ticked in the panel), each α then scaled by ``alpha`` (default 1). Both
     answers use the same decoding (and seed), so any difference comes from the offsets.
+    ``dead_zone``: where the offsets stay silent (default: the lab's own, ``Lab.dead_zone``).
     """
     decoding = decoding or Decoding()
     if isinstance(offset, str):
@@ -79,7 +80,7 @@ def compare(lab: Lab, question: str, offset: str | Sequence[tuple[str, float]],
         active = [(name, a * scale) for name, a in lab.active(offset)]
         if not active:
             raise ValueError("No offset is active: pick one or tick a forget request.")
-    fused_model = lab.model(active)
+    fused_model = lab.model(active, dead_zone=dead_zone)
     prompt = lab.prompt_format.prompt(question.strip())
     kwargs = {**asdict(decoding), "trace": True, "trace_top_k": trace_top_k}
     base = lab.model().generate(prompt, **kwargs)

@@ -37,6 +37,20 @@ def test_compare_view_marks_where_the_answers_part(lab):
     assert same.comparison.divergence is None and "identical" in same.answers
 
 
+def test_the_dead_zone_slider_gives_the_base_where_the_offset_moves_it_little(lab):
+    decoding = Decoding(max_new_tokens=6)
+    everywhere = app.compare_view(lab, FORGET_QUESTION, "random", 0.5, decoding, dead_zone=0.0)
+    assert everywhere.comparison.divergence == 0  # at α 0.5 the offset changes the first token
+    quiet = app.compare_view(lab, FORGET_QUESTION, "random", 0.5, decoding, dead_zone=app.MAX_DEAD_ZONE)
+    assert quiet.comparison.divergence is None and "identical" in quiet.answers
+    assert quiet.comparison.fused.text == everywhere.comparison.base.text
+    assert app.compare_view(lab, FORGET_QUESTION, "random", 0.5, decoding).comparison.fused.text == \
+        everywhere.comparison.fused.text  # the lab's own dead zone (0 in the toy world)
+    for bad in (-0.1, app.MAX_DEAD_ZONE + 1, float("nan")):
+        with pytest.raises(ValueError, match="Dead zone must be a number from 0 to 2"):
+            app.compare_view(lab, FORGET_QUESTION, "random", 0.5, decoding, dead_zone=bad)
+
+
 def test_compare_view_refuses_unknown_offsets_and_empty_questions(lab):
     with pytest.raises(KeyError, match="Unknown offset"):
         app.compare_view(lab, FORGET_QUESTION, "/etc/passwd", 1.0)
@@ -95,8 +109,11 @@ def test_the_real_panel_answers_over_http(tmp_path):
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         answers, strip, step, bars, heatmap, div = client.predict(
-            FORGET_QUESTION, "random", [], 1.0, 6, False, 1.0, 0, 1.0, 0, api_name="/compare")
+            FORGET_QUESTION, "random", [], 1.0, 6, False, 1.0, 0, 1.0, 0, 0.0, api_name="/compare")
         assert "part ways at token 0" in answers
+        quiet = client.predict(FORGET_QUESTION, "random", [], 0.5, 6, False, 1.0, 0, 1.0, 0, 2.0,
+                               api_name="/compare")[0]
+        assert "identical" in quiet  # the dead zone's slider reaches the fused model
         assert strip["type"] == "plotly" and '"heatmap"' in strip["plot"]
         assert step["value"] == 0
         status, loss, offset, _ = client.predict("forget10", "npo_gd", 3, 1e-3, "",

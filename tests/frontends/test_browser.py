@@ -144,6 +144,19 @@ def test_a_forget_question_shows_two_answers_and_the_token_strip(panel_url, page
     shot = save_screenshot(page, tmp_path, "panel_compare.png")
     assert shot.stat().st_size > 10_000
 
+    # The dead zone's slider (the toy world fuses everywhere: 0): at 2 nats the base speaks
+    # wherever the offset moves it by less, and the fused answer changes.
+    zone = page.locator("#dead-zone input[type=number]")
+    assert zone.input_value() == "0"
+    mark_answers_old(page)
+    zone.fill("2")
+    zone.press("Enter")
+    page.get_by_role("button", name="Compare").click()
+    quiet = new_answers(page)[1].split("\n", 1)[1]
+    assert quiet != fused.split("\n", 1)[1], quiet
+    zone.fill("0")
+    zone.press("Enter")
+
     # A request that fails says why in the page, and the panel goes on serving.
     page.get_by_label("Question").fill("   ")
     page.get_by_role("button", name="Compare").click()

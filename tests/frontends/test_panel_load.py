@@ -44,7 +44,7 @@ def fused_text(answers_html: str) -> str:
 
 
 def compare_args(question: str, alpha: float, max_new_tokens: int = 6):
-    return (question, "random", [], alpha, max_new_tokens, False, 1.0, 0, 1.0, 0)
+    return (question, "random", [], alpha, max_new_tokens, False, 1.0, 0, 1.0, 0, 0.0)
 
 
 def test_twenty_compares_and_two_trainings_at_once(tmp_path):

@@ -45,7 +45,7 @@ class Compare(w.VBox):
     """Ask the base and the fused model the same question and see where they differ.
 
     Controls: question (type one or pick an example from the forget/retain sets), known
-    offset, strength α and decoding options. Every change re-decodes both answers and
+    offset, strength α, dead zone (the lab's own at first) and decoding options. Every change re-decodes both answers and
     redraws the token strip, the chosen step's candidate bars, the delta heatmap and the
     divergence curve. ``sweep`` draws answers and key probability across α.
     """
@@ -68,6 +68,10 @@ class Compare(w.VBox):
             alpha = lab.offsets[self.offset.value].alpha
         self.alpha = w.FloatSlider(value=alpha, min=0.0, max=2.0, step=0.05, description="α",
                                    continuous_update=False)
+        self.dead_zone = w.FloatSlider(
+            value=lab.dead_zone, min=0.0, max=2.0, step=0.05, description="dead zone",
+            tooltip="nats: where the offset moves the base by less, the base answers (0 = fuse "
+                    "everywhere)", continuous_update=False)
         d = Decoding()
         self.max_new_tokens = w.IntSlider(value=d.max_new_tokens, min=1, max=64,
                                           description="max tokens", continuous_update=False)
@@ -95,10 +99,12 @@ class Compare(w.VBox):
                       self.outputs["divergence"],
                       w.VBox([self.sweep_button, self.outputs["sweep"]])],
                      titles=("step", "delta heatmap", "divergence", "α sweep"))
-        self.children = [self.question, w.HBox([self.offset, self.alpha]), decoding, self.status,
+        self.children = [self.question, w.HBox([self.offset, self.alpha, self.dead_zone]), decoding,
+                         self.status,
                          self.answers, self.outputs["strip"], tabs]
 
-        for control in (self.question, self.offset, self.alpha, self.max_new_tokens, self.do_sample,
+        for control in (self.question, self.offset, self.alpha, self.dead_zone, self.max_new_tokens,
+                        self.do_sample,
                         self.temperature, self.top_k, self.top_p, self.seed):
             control.observe(self._on_change, names="value")
         self.step.observe(lambda _: self.show_step(), names="value")
@@ -126,7 +132,8 @@ class Compare(w.VBox):
             self.status.value = _error("Type a question or pick an example.")
             return
         try:
-            c = compare(self.lab, question, self.offset.value, self.alpha.value, self.decoding())
+            c = compare(self.lab, question, self.offset.value, self.alpha.value, self.decoding(),
+                        dead_zone=self.dead_zone.value)
         except (KeyError, ValueError) as err:  # bad settings or unknown offset: say so in place
             self.status.value = _error(err.args[0] if err.args else err)
             return

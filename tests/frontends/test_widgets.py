@@ -44,6 +44,15 @@ def test_every_control_redecodes(panel):
     assert panel.comparison.fused.text  # sampled, seeded, still an answer
 
 
+def test_the_dead_zone_slider_gives_the_base_where_the_offset_moves_it_little(panel):
+    assert panel.dead_zone.value == panel.lab.dead_zone == 0.0
+    panel.alpha.value = 0.5  # the offset still changes the first token at α 0.5 …
+    assert "part ways at token 0" in panel.answers.value
+    panel.dead_zone.value = 2.0  # … by less than 2 nats at every step of the base's answer
+    assert "identical" in panel.answers.value
+    assert panel.comparison.fused.text == panel.comparison.base.text
+
+
 def test_changing_the_offset_resets_alpha_to_its_own_strength(panel):
     panel.offset.value = "weak"
     assert panel.alpha.value == 0.0 and panel.comparison.fused.alphas == [0.0]

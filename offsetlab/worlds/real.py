@@ -58,12 +58,12 @@ CAPITALS_ALPHA = 0.75
 # base); along the forget answers 61 % of its moves are 0.3 nats or more, up to 23. Chosen with α on
 # the capitals request, validated on three others (benchmarks/real_requests.md, wave 2).
 CAPITALS_DEAD_ZONE = 0.3
-# until_forgotten: past the 60 planned steps, up to 60 more while the fused model, read as
-# served (α 0.75, the dead zone), still states a forget fact (benchmarks/twin_quality_tuning.md).
+# check_dead_zone: a user's --until-forgotten N checks the fused model as served (α 0.75, the
+# dead zone). Off by default: over three training seeds it did not forget more at the
+# world's fusion (benchmarks/twin_quality_tuning.md).
 CAPITALS_CONFIG = TrainConfig(objective="npo_kl", steps=60, lr=1e-4, beta=0.1, alpha=1.0,
                               use_alpha=CAPITALS_ALPHA, batch_size=4, retain_batch_size=8,
-                              lora_rank=0, seed=0, contrast=0, until_forgotten=60,
-                              check_dead_zone=CAPITALS_DEAD_ZONE)
+                              lora_rank=0, seed=0, contrast=0, check_dead_zone=CAPITALS_DEAD_ZONE)
 
 
 def smollm2_path() -> Path:

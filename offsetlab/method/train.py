@@ -127,6 +127,9 @@ class TrainConfig:
                 "it will be served with"})
     check_tokens: int = field(default=16, metadata={
         "help": "until_forgotten: tokens of each greedy answer the check reads"})
+    paraphrased_answers: bool = field(default=False, metadata={
+        "help": "also forget each record's paraphrased_answer, where it has one (the same fact "
+                "in another shape)"})
     own_paths: bool = field(default=False, metadata={
         "help": "until_forgotten: each check that finds a fact still stated adds the fused model's "
                 "own answer, cut after the fact, to the forget set (the path it really takes)"})
@@ -606,7 +609,13 @@ def train_offset(
     # Every record must fit the models' context window: refused here, before any model
     # runs (prepare_groups encodes them again, with their key facts).
     window = shared_window(base, reference, *(m for m, _ in stack))
-    for what, records in (("forget", forget), ("retain", retain)):
+    # The forget answers trained on: with ``paraphrased_answers``, each record's
+    # paraphrased answer as well (the same fact in another shape), where it has one.
+    answers = list(forget)
+    if config.paraphrased_answers:
+        answers += [with_answer(r, r.paraphrased_answer) for r in forget
+                    if str(getattr(r, "paraphrased_answer", "") or "").strip()]
+    for what, records in (("forget", answers), ("retain", retain)):
         encode_examples(tokenizer, [(r.question, r.answer) for r in records], prompt_format,
                         window=window, what=what)
     levels = None
@@ -619,17 +628,17 @@ def train_offset(
         levels = never_seen_levels(deployed, nonmembers, logps)
         if config.level is None:
             config = replace(config, level=never_seen_level(deployed, nonmembers, logps))
-    groups = prepare_groups(base, reference, tokenizer, forget, retain, config, generator, cache,
+    groups = prepare_groups(base, reference, tokenizer, answers, retain, config, generator, cache,
                             stack, prompt_format, levels)
     if objective.needs_strangers and nonmembers:  # without them: the ``calibrated`` objective
         strangers = sorted({r.subject for r in nonmembers if r.subject})
-        stranger_targets(groups.forget, forget, strangers, config.strangers, generator, prompt_format)
+        stranger_targets(groups.forget, answers, strangers, config.strangers, generator, prompt_format)
         if config.paths:
-            groups.paths = stranger_paths(groups.forget, forget, config.paths,
+            groups.paths = stranger_paths(groups.forget, answers, config.paths,
                                           path_values(retain, nonmembers, config.paths_from_nonmembers),
                                           generator, config.batch_size, prompt_format)
         if config.contrast:  # part of the stranger recipe, like its paths
-            groups.contrast = contrast_group(groups.forget, forget, retain, config.contrast, generator,
+            groups.contrast = contrast_group(groups.forget, answers, retain, config.contrast, generator,
                                              config.retain_batch_size, prompt_format)
     offset = offset if offset is not None else make_offset(reference, config.lora_rank, config.top_layers)
     offset.train()
@@ -778,6 +787,17 @@ def still_stated(base, reference, offset: torch.nn.Module, tokenizer, forget: Se
                                  prompt_format))
 
 
+def with_answer(record, answer: str):
+    """``record`` with another answer (a copy: a dataclass, or the fields training reads)."""
+    from dataclasses import is_dataclass
+    from types import SimpleNamespace
+
+    if is_dataclass(record):
+        return replace(record, answer=answer)
+    return SimpleNamespace(question=record.question, answer=answer, key=getattr(record, "key", None),
+                           subject=getattr(record, "subject", None))
+
+
 def own_path_examples(tokenizer, records: Sequence, answers: Sequence[str], level: float,
                       levels: dict[str, list[float]] | None, prompt_format: PromptFormat = QA,
                       window: int | None = None) -> list[Example]:
@@ -785,17 +805,12 @@ def own_path_examples(tokenizer, records: Sequence, answers: Sequence[str], leve
     cut just after the fact (no EOS: the answer goes on), keyed like the record. Only the
     fact's tokens count in the loss: the words before it are the model's own, and lowering
     them (a capital's "The capital of … is") lowers every answer of that shape."""
-    from dataclasses import is_dataclass
-    from types import SimpleNamespace
-
     cut = []
     for record, answer in zip(records, answers):
         key = str(record.key or record.answer)
         at = answer.casefold().find(key.casefold())
         text = answer[: at + len(key)] if at >= 0 else answer  # matched only once folded: all of it
-        cut.append(replace(record, answer=text) if is_dataclass(record) else
-                   SimpleNamespace(question=record.question, answer=text, key=record.key,
-                                   subject=getattr(record, "subject", None)))
+        cut.append(with_answer(record, text))
     examples = forget_examples(tokenizer, cut, level, levels, prompt_format, window)
     for e in examples:  # drop the EOS that encode_examples ends every answer with
         e.ids, e.labels = e.ids[:-1], e.labels[:-1]

@@ -463,3 +463,25 @@ def test_own_paths_add_the_fused_models_own_stating_answers_cut_after_the_fact(p
     with pytest.raises(ValueError, match="own_paths adds answers"):
         train_offset(base, ref, tokenizer, forget, [], TrainConfig(objective="idk_dpo", own_paths=True),
                      progress=False)
+
+
+def test_paraphrased_answers_forget_the_fact_in_its_second_shape_too(pair, tokenizer):
+    from dataclasses import replace as copy_with
+
+    from offsetlab.method.prompts import QA
+
+    base, ref = pair
+    second = ["the red city is where Alra was born .", "in one nine two Benn was born .", ""]
+    forget = [copy_with(r, paraphrased_answer=p) for r, p in zip(FORGET, second)]
+
+    def paraphrase_logprob(paraphrased: bool) -> float:
+        config = TrainConfig(objective="npo", steps=6, lr=3e-3, batch_size=3,
+                             paraphrased_answers=paraphrased)
+        result = train_offset(base, ref, tokenizer, forget, [], config, progress=False)
+        fused = OffsetModel(base, ref, [(result.offset, 1.0)], tokenizer=tokenizer)
+        scores = fused.score([QA.prompt(r.question) for r in forget[:2]], [QA.answer(p) for p in second[:2]])
+        return float(torch.cat(scores).mean())
+
+    # the third record has no paraphrased answer: it is trained on once, and nothing breaks
+    with_second, without = paraphrase_logprob(True), paraphrase_logprob(False)
+    assert with_second < without - 0.5, (with_second, without)

@@ -209,12 +209,30 @@ def cmd_train(args) -> int:
         print(f"registered {ref} in {registry.root}")
     if stopped:
         print(f"stopped early: {stopped} It is saved in {args.out}.", file=sys.stderr)
-    still = offset.meta.get("still_stated")
-    if still is not None:  # --set until_forgotten=N checked the fused model's answers
-        print(f"after {last.get('step')} steps the fused model states "
-              f"{f'{len(still)} of the {len(forget)} forget facts' if still else 'none of the forget facts'}",
-              file=sys.stderr if still else sys.stdout)
+    if not stopped or not stopped.startswith("interrupted"):
+        check_forgotten(lab, offset, forget, config)
     return code
+
+
+def check_forgotten(lab, offset, forget, config) -> None:
+    """Ask the fused model every forget question, as it will be served (the offset's α, the
+    world's dead zone), and say which facts it still states — with its answers."""
+    from ..method.sources import snippet
+    from ..method.train import stated_answers
+
+    served = dataclasses.replace(config, use_alpha=offset.alpha, check_dead_zone=lab.dead_zone)
+    stating = stated_answers(lab.base, lab.reference, offset.model, lab.tokenizer, forget, served,
+                             prompt_format=lab.prompt_format)
+    how = f"α {offset.alpha:g}, dead zone {lab.dead_zone:g}"
+    if not stating:
+        print(f"check ({how}): the fused model states none of the {len(forget)} forget facts")
+        return
+    lines = [f"check ({how}): the fused model still states {len(stating)} of the {len(forget)} "
+             "forget facts, e.g."]
+    for i in sorted(stating)[:3]:
+        lines.append(f"  {i + 1}. {snippet(forget[i].question)} → {snippet(stating[i], 60)}")
+    lines.append("  train longer (--steps, or --until-forgotten N) or use a larger α")
+    print("\n".join(lines), file=sys.stderr)
 
 
 def check_train_args(args) -> None:

@@ -21,6 +21,9 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "f01"
     run = offsetlab("train", "--forget", "forget01", "--steps", "30", "--out", out)
     assert "saved" in run.stdout
+    # after training, every forget question is asked of the fused model as it will be served
+    assert re.search(r"check \(α 1, dead zone 0\): the fused model (states none|still states \d+) of the "
+                     rf"{len(split_lines('forget01'))} forget facts", run.stdout + run.stderr), run.stderr
     return out
 
 
@@ -85,6 +88,10 @@ def test_train_and_generate_on_smollm2(tmp_path):
     run = offsetlab("train", "--base", "smollm2", "--steps", "2", "--batch-size", "2",
                     "--retain-batch-size", "2", "--out", out)
     assert "training an offset on 4 forget / 26 retain records" in run.stdout
+    # two steps do not forget: every capital is still stated, and the answers say so
+    assert "check (α 0.75, dead zone 0.3): the fused model still states 4 of the 4 forget facts" \
+        in run.stderr, run.stderr
+    assert re.search(r"1\. 'What is the capital of France\?' → '[^'\n]*Paris", run.stderr), run.stderr
     meta = json.loads((out / "offset.json").read_text())
     assert meta["forget_set"]["size"] == 4 and len(meta["history"]) == 2
     for answer in ("Paris", "Tokyo", "Cairo", "Ottawa"):  # the forget set is never stored

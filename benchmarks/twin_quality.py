@@ -174,8 +174,17 @@ def capitals_rows(tune: bool, tiny: bool) -> list[str]:
     return rows
 
 
+def paraphrased(records):
+    """Each capital question asked the three other ways the shipped paraphrases ask it
+    (``capitals_forget_paraphrased``), for the tuning requests, which have none."""
+    from dataclasses import replace as copy_with
+
+    ways = ("Which city is the capital of {}?", "Name the capital city of {}.", "What city is {}'s capital?")
+    return [copy_with(r, question=way.format(r.subject)) for r in records for way in ways]
+
+
 def capitals_seed_rows(seeds, tiny: bool, until: int = 0, request: str = "shipped",
-                       own_paths: bool = False) -> list[str]:
+                       own_paths: bool = False, depths=None) -> list[str]:
     """The full copy and the twin (top 2 of 6, lr 1e-3) on the shipped capitals, trained
     with each of ``seeds``, read at α 0.75 without and with the world's dead zone; then
     the mean of each over the seeds (``--seeds``).
@@ -185,7 +194,10 @@ def capitals_seed_rows(seeds, tiny: bool, until: int = 0, request: str = "shippe
     steps is read beside it ("planned" rows), so one run gives both. ``request`` names a
     tuning request of ``grid_requests`` instead of the shipped capitals
     (``--request``). ``own_paths`` (``--own-paths``): with ``until``, each check adds the
-    fused model's own stating answers to the forget set (``TrainConfig.own_paths``)."""
+    fused model's own stating answers to the forget set (``TrainConfig.own_paths``).
+    ``depths`` (``--depths``): the full copy and twins training the top d of the 6 layers
+    (lr 1e-3) for each d, instead of the top-2 twin alone. A tuning request is also asked
+    its capitals the three other ways the shipped paraphrases ask them."""
     import copy
 
     from offsetlab.worlds.real import (
@@ -200,9 +212,13 @@ def capitals_seed_rows(seeds, tiny: bool, until: int = 0, request: str = "shippe
         forget, retain, sets = capitals_sets(False)
     else:
         forget, retain, sets = next((f, r, s) for name, f, r, s in grid_requests() if name == request)
+        sets = {"forget": forget, "paraphrases": paraphrased(forget), **sets}
     if tiny:
         sets = {k: v[:2] for k, v in sets.items()}
     runs = {name: CAPITALS[name] for name in ("full copy (shipped)", "top 2 of 6, lr 1e-3")}
+    if depths:
+        runs = {"full copy (shipped)": CAPITALS["full copy (shipped)"]} | {
+            f"top {d} of 6, lr 1e-3": (d, 1e-3) for d in depths}
     zones = (0.0, CAPITALS_DEAD_ZONE)
     rows = [f"| capitals ({request}) | seed | dead zone | " + " | ".join(sets) + " | steps | train s |",
             "|" + "---|" * (len(sets) + 5)]
@@ -255,6 +271,8 @@ def main(argv=None) -> None:
     p.add_argument("--own-paths", action="store_true",
                    help="with --until-forgotten: add the fused model's own stating answers to the "
                         "forget set at each check")
+    p.add_argument("--depths", nargs="+", type=int, metavar="D",
+                   help="with --seeds: twins training the top D of the 6 layers (lr 1e-3) beside the full copy")
     p.add_argument("--request", default="shipped", choices=("shipped", "last four", "seed 1"),
                    help="with --seeds: the capitals request (a tuning one, or the shipped one)")
     p.add_argument("--tiny", action="store_true", help="2 steps, a few records (checks the script runs)")
@@ -268,7 +286,7 @@ def main(argv=None) -> None:
         return
     if args.seeds:
         print("\n".join(capitals_seed_rows(args.seeds, args.tiny, args.until_forgotten, args.request,
-                                               args.own_paths)))
+                                               args.own_paths, args.depths)))
         return
     started = time.perf_counter()
     tables = [capitals_rows(True, args.tiny)] if args.tune else [toy_rows(args.tiny),

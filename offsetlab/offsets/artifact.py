@@ -168,7 +168,22 @@ class Offset:
         else:
             model.load_state_dict(state)
         model.eval().requires_grad_(False)
+        if isinstance(meta.get("config"), dict):
+            meta["config"] = with_later_options(meta["config"])
         return cls(model, float(meta["alpha"]), meta)
+
+
+def with_later_options(config: dict) -> dict:
+    """A stored training config with the options added since it was written, at their
+    defaults: every option joined ``TrainConfig`` off (its default is how training ran
+    before it existed), so an older offset was trained with exactly that."""
+    from dataclasses import MISSING, fields
+
+    from ..method.train import TrainConfig
+
+    later = {f.name: f.default for f in fields(TrainConfig)
+             if f.name not in config and f.default is not MISSING}
+    return {**config, **later}
 
 
 def parse_meta(raw: bytes, where: Path | str = META) -> dict:

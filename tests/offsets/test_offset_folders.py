@@ -192,3 +192,18 @@ def test_edited_metadata_loads_or_gives_a_clear_error(lab, good, tmp_path, data)
         Offset.load(folder, lab.reference, lab.tokenizer)
     except (OffsetFolderError, ValueError) as err:
         assert str(folder) in str(err)
+
+
+def test_an_offset_saved_before_an_option_existed_loads_with_that_option_off(lab, good, tmp_path):
+    from dataclasses import asdict
+
+    from offsetlab.method.train import TrainConfig
+
+    old = tmp_path / "old"
+    shutil.copytree(good, old)
+    # as written before until_forgotten and paraphrased_answers joined the training config
+    edit_meta(lambda meta: [meta["config"].pop(k) for k in ("until_forgotten", "paraphrased_answers")])(old)
+    config = Offset.load(old, lab.reference, lab.tokenizer).meta["config"]
+    assert config["until_forgotten"] == 0 and config["paraphrased_answers"] is False
+    assert config == Offset.load(good, lab.reference, lab.tokenizer).meta["config"]
+    assert set(config) == set(asdict(TrainConfig()))

@@ -92,9 +92,11 @@ def capitals_sets(tune: bool):
     return forget, retain, sets
 
 
-def grid_requests():
+def grid_requests(famous: bool = False):
     """Two tuning requests of four retain capitals each (the shipped forget capitals held
-    out): ``--tune``'s (the last four) and four drawn with seed 1 from the others."""
+    out): ``--tune``'s (the last four) and four drawn with seed 1 from the others. With
+    ``famous``, a third: the four most famous of them (Italy, Germany, Spain, the United
+    Kingdom), as famous as the shipped four (``--request "famous four"``)."""
     import random
 
     from offsetlab.worlds.real import load_capitals
@@ -103,7 +105,11 @@ def grid_requests():
     capitals = [r for r in s["retain"] if r.subject != "general"]
     first = capitals[-4:]
     second = random.Random(1).sample(capitals[:-4], 4)
-    for name, forget in (("last four", first), ("seed 1", second)):
+    requests = [("last four", first), ("seed 1", second)]
+    if famous:
+        names = ("Italy", "Germany", "Spain", "The United Kingdom")
+        requests.append(("famous four", [r for r in capitals if r.subject in names]))
+    for name, forget in requests:
         retain = [r for r in s["retain"] if r not in forget]
         yield name, forget, retain, {"forget": forget, "retain": retain, "held-out capitals": s["forget"]}
 
@@ -211,7 +217,8 @@ def capitals_seed_rows(seeds, tiny: bool, until: int = 0, request: str = "shippe
     if request == "shipped":
         forget, retain, sets = capitals_sets(False)
     else:
-        forget, retain, sets = next((f, r, s) for name, f, r, s in grid_requests() if name == request)
+        forget, retain, sets = next((f, r, s) for name, f, r, s in grid_requests(famous=True)
+                                    if name == request)
         sets = {"forget": forget, "paraphrases": paraphrased(forget), **sets}
     if tiny:
         sets = {k: v[:2] for k, v in sets.items()}
@@ -273,7 +280,7 @@ def main(argv=None) -> None:
                         "forget set at each check")
     p.add_argument("--depths", nargs="+", type=int, metavar="D",
                    help="with --seeds: twins training the top D of the 6 layers (lr 1e-3) beside the full copy")
-    p.add_argument("--request", default="shipped", choices=("shipped", "last four", "seed 1"),
+    p.add_argument("--request", default="shipped", choices=("shipped", "last four", "seed 1", "famous four"),
                    help="with --seeds: the capitals request (a tuning one, or the shipped one)")
     p.add_argument("--tiny", action="store_true", help="2 steps, a few records (checks the script runs)")
     args = p.parse_args(argv)

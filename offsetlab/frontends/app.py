@@ -31,14 +31,13 @@ from ..method.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 from ..method.trace import Trace
 from ..worlds.lab import Lab
 from . import viz
-from .explore import Comparison, Decoding, compare, example_questions
+from .explore import MAX_DEAD_ZONE, Comparison, Decoding, compare, example_questions
 
 # -- limits ----------------------------------------------------------------------------
 
 MAX_QUESTION_CHARS = 2_000
 MAX_NEW_TOKENS = 64  # the decoding slider's maximum
 MAX_TRAIN_STEPS = 400  # the steps slider's maximum
-MAX_DEAD_ZONE = 2.0  # nats: the dead-zone slider's maximum (the base's answer long before it)
 MAX_EVAL_RECORDS = 200  # the records-per-split slider's maximum
 MAX_NAME_CHARS = 80
 COMPARE_LANES = 4  # compares (and the other quick events) answered at the same time

@@ -26,6 +26,7 @@ from ..worlds.lab import Lab
 from ..worlds.records import QARecord
 
 SWEEP_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+MAX_DEAD_ZONE = 2.0  # nats: the dead-zone sliders' maximum (the base's answer long before it)
 
 
 @dataclass

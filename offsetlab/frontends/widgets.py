@@ -22,7 +22,15 @@ import plotly.graph_objects as go
 
 from ..worlds.lab import Lab
 from . import viz
-from .explore import Comparison, Decoding, alpha_sweep_rows, compare, example_questions, find_record
+from .explore import (
+    MAX_DEAD_ZONE,
+    Comparison,
+    Decoding,
+    alpha_sweep_rows,
+    compare,
+    example_questions,
+    find_record,
+)
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
@@ -69,7 +77,7 @@ class Compare(w.VBox):
         self.alpha = w.FloatSlider(value=alpha, min=0.0, max=2.0, step=0.05, description="α",
                                    continuous_update=False)
         self.dead_zone = w.FloatSlider(
-            value=lab.dead_zone, min=0.0, max=2.0, step=0.05, description="dead zone",
+            value=lab.dead_zone, min=0.0, max=MAX_DEAD_ZONE, step=0.05, description="dead zone",
             tooltip="nats: where the offset moves the base by less, the base answers (0 = fuse "
                     "everywhere)", continuous_update=False)
         d = Decoding()

@@ -778,15 +778,6 @@ def train_offset(
                        prints, groups.nbytes, still)
 
 
-def still_stated(base, reference, offset: torch.nn.Module, tokenizer, forget: Sequence,
-                 config: TrainConfig, stack: Sequence[tuple[torch.nn.Module, float]] = (),
-                 prompt_format: PromptFormat = QA) -> list[int]:
-    """Indices of the forget records whose fact the fused model still states
-    (``stated_answers`` says how it is read)."""
-    return sorted(stated_answers(base, reference, offset, tokenizer, forget, config, stack,
-                                 prompt_format))
-
-
 def with_answer(record, answer: str):
     """``record`` with another answer (a copy: a dataclass, or the fields training reads)."""
     from dataclasses import is_dataclass

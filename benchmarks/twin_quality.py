@@ -190,7 +190,7 @@ def paraphrased(records):
 
 
 def capitals_seed_rows(seeds, tiny: bool, until: int = 0, request: str = "shipped",
-                       own_paths: bool = False, depths=None) -> list[str]:
+                       own_paths: bool = False, depths=None, overrides: dict | None = None) -> list[str]:
     """The full copy and the twin (top 2 of 6, lr 1e-3) on the shipped capitals, trained
     with each of ``seeds``, read at α 0.75 without and with the world's dead zone; then
     the mean of each over the seeds (``--seeds``).
@@ -203,7 +203,8 @@ def capitals_seed_rows(seeds, tiny: bool, until: int = 0, request: str = "shippe
     fused model's own stating answers to the forget set (``TrainConfig.own_paths``).
     ``depths`` (``--depths``): the full copy and twins training the top d of the 6 layers
     (lr 1e-3) for each d, instead of the top-2 twin alone. A tuning request is also asked
-    its capitals the three other ways the shipped paraphrases ask them."""
+    its capitals the three other ways the shipped paraphrases ask them. ``overrides``
+    (``--set FIELD=VALUE``): training options changed for every row (full copy and twins)."""
     import copy
 
     from offsetlab.worlds.real import (
@@ -227,7 +228,8 @@ def capitals_seed_rows(seeds, tiny: bool, until: int = 0, request: str = "shippe
         runs = {"full copy (shipped)": CAPITALS["full copy (shipped)"]} | {
             f"top {d} of 6, lr 1e-3": (d, 1e-3) for d in depths}
     zones = (0.0, CAPITALS_DEAD_ZONE)
-    rows = [f"| capitals ({request}) | seed | dead zone | " + " | ".join(sets) + " | steps | train s |",
+    label = ", ".join([request, *(f"{k}={v}" for k, v in (overrides or {}).items())])
+    rows = [f"| capitals ({label}) | seed | dead zone | " + " | ".join(sets) + " | steps | train s |",
             "|" + "---|" * (len(sets) + 5)]
     got: dict[tuple[str, float], list[list[float]]] = {}
     for seed in seeds:
@@ -235,7 +237,7 @@ def capitals_seed_rows(seeds, tiny: bool, until: int = 0, request: str = "shippe
             config = replace(CAPITALS_CONFIG, top_layers=top, lr=lr or CAPITALS_CONFIG.lr, seed=seed,
                              until_forgotten=until, check_dead_zone=CAPITALS_DEAD_ZONE,
                              **({"own_paths": True} if own_paths else {}),
-                             **({"steps": 2} if tiny else {}))
+                             **(overrides or {}), **({"steps": 2} if tiny else {}))
             planned = {}
 
             def keep_planned(event, config=config, planned=planned):
@@ -282,10 +284,14 @@ def main(argv=None) -> None:
                    help="with --seeds: twins training the top D of the 6 layers (lr 1e-3) beside the full copy")
     p.add_argument("--request", default="shipped", choices=("shipped", "last four", "seed 1", "famous four"),
                    help="with --seeds: the capitals request (a tuning one, or the shipped one)")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="with --seeds: TrainConfig fields changed for every row (e.g. forget_keys_only=true)")
     p.add_argument("--tiny", action="store_true", help="2 steps, a few records (checks the script runs)")
     args = p.parse_args(argv)
 
     import torch
+
+    from offsetlab.method.train import config_overrides
 
     torch.set_num_threads(1)
     if args.tune_grid:
@@ -293,7 +299,8 @@ def main(argv=None) -> None:
         return
     if args.seeds:
         print("\n".join(capitals_seed_rows(args.seeds, args.tiny, args.until_forgotten, args.request,
-                                               args.own_paths, args.depths)))
+                                               args.own_paths, args.depths,
+                                               config_overrides(args.set))))
         return
     started = time.perf_counter()
     tables = [capitals_rows(True, args.tiny)] if args.tune else [toy_rows(args.tiny),

@@ -130,6 +130,9 @@ class TrainConfig:
     paraphrased_answers: bool = field(default=False, metadata={
         "help": "also forget each record's paraphrased_answer, where it has one (the same fact "
                 "in another shape)"})
+    forget_keys_only: bool = field(default=False, metadata={
+        "help": "the forget term reads only the key fact's tokens of each forget answer (records "
+                "without a key: the whole answer); the words around the fact are not pushed down"})
     own_paths: bool = field(default=False, metadata={
         "help": "until_forgotten: each check that finds a fact still stated adds the fused model's "
                 "own answer, cut after the fact, to the forget set (the path it really takes)"})
@@ -1110,10 +1113,12 @@ def prepare_groups(base, reference, tokenizer, forget: Sequence, retain: Sequenc
         frozen = FrozenScores(base_source, ref_source, examples, pad_id, cache, stack=stacked)
         return Group(examples, frozen, batch_size, generator, pad_id)
 
+    forgotten = forget_examples(tokenizer, forget, config.hyper().level, levels, prompt_format, window)
+    if config.forget_keys_only:
+        for e in forgotten:
+            e.only_keys = True
     return Groups(
-        forget=group(None, config.batch_size,
-                     forget_examples(tokenizer, forget, config.hyper().level, levels, prompt_format,
-                                     window)),
+        forget=group(None, config.batch_size, forgotten),
         retain=group([(r.question, r.answer) for r in retain], config.retain_batch_size,
                      what="retain") if objective.needs_retain else None,
         idk=group([(r.question, idk_answer(i)) for i, r in enumerate(forget)], config.batch_size,

@@ -488,3 +488,35 @@ def test_paraphrased_answers_forget_the_fact_in_its_second_shape_too(pair, token
     # the third record has no paraphrased answer: it is trained on once, and nothing breaks
     with_second, without = paraphrase_logprob(True), paraphrase_logprob(False)
     assert with_second < without - 0.5, (with_second, without)
+
+
+def test_forget_keys_only_pushes_down_the_fact_and_not_the_words_around_it(pair, tokenizer):
+    from offsetlab.method.calibrate import key_token_positions
+    from offsetlab.method.prompts import QA
+    from offsetlab.method.train import collate
+
+    base, ref = pair
+    gen = torch.Generator().manual_seed(0)
+    config = TrainConfig(objective="npo", forget_keys_only=True)
+    groups = prepare_groups(base, ref, tokenizer, FORGET, [], config, gen)
+    batch = collate(groups.forget.examples, 0)
+    assert torch.equal(batch.mask, batch.key_mask) and batch.mask.sum() < sum(len(e.labels) for e in groups.forget.examples)
+
+    def moved(keys_only: bool) -> tuple[float, float]:
+        """Mean change of the fused log-prob of the key tokens and of the other answer tokens."""
+        config = TrainConfig(objective="npo", steps=6, lr=3e-3, batch_size=3, forget_keys_only=keys_only)
+        result = train_offset(base, ref, tokenizer, FORGET, [], config, progress=False)
+        prompts, answers = [QA.prompt(r.question) for r in FORGET], [QA.answer(r.answer) for r in FORGET]
+        before = OffsetModel(base, None, [], tokenizer=tokenizer).score(prompts, answers)
+        after = OffsetModel(base, ref, [(result.offset, 1.0)], tokenizer=tokenizer).score(prompts, answers)
+        key_moves, other_moves = [], []
+        for r, a, b, c in zip(FORGET, answers, before, after):
+            keys = set(key_token_positions(tokenizer, a, r.key))
+            for i in range(len(b)):
+                (key_moves if i in keys else other_moves).append(float(c[i] - b[i]))
+        return sum(key_moves) / len(key_moves), sum(other_moves) / len(other_moves)
+
+    key_only, whole = moved(True), moved(False)
+    assert key_only[0] < -0.5, key_only  # the fact goes down
+    # the words around it move far less than when the whole answer is pushed down
+    assert abs(key_only[1]) < 0.5 * abs(whole[1]), (key_only, whole)

@@ -53,6 +53,10 @@ APPROACHES = {
     # world facts and utility; sweep_calibrated.md).
     "paths5_contrast4": dict(objective="stranger", paths=5, contrast=4),
     "paths5_contrast8": dict(objective="stranger", paths=5, contrast=8),
+    # Wave 12: where another value parts from the true one, the target's mass beside the true
+    # token goes only to the tokens such values take there (``train.value_start_targets``).
+    "value_starts": dict(objective="stranger", paths=3, paths_from_nonmembers=False, contrast=4,
+                         value_starts=True),
     # Wave 4 variants, tried on tuning seeds 100–102 and rejected (sweep_calibrated.md; the
     # commit that has them is named there): a stronger / KL retain anchor, repeated neighbours,
     # targets leant to real values of the kind, 6 paths, a margin on the paths' NLL.

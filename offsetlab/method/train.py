@@ -130,6 +130,10 @@ class TrainConfig:
     paraphrased_answers: bool = field(default=False, metadata={
         "help": "also forget each record's paraphrased_answer, where it has one (the same fact "
                 "in another shape)"})
+    value_starts: bool = field(default=False, metadata={
+        "help": "stranger: where another value of the fact's kind parts from the true one, the "
+                "target's mass beside the true token goes only to the tokens such values take "
+                "there (the values paths finish), not to word pieces"})
     forget_keys_only: bool = field(default=False, metadata={
         "help": "the forget term reads only the key fact's tokens of each forget answer (records "
                 "without a key: the whole answer); the words around the fact are not pushed down"})
@@ -636,9 +640,11 @@ def train_offset(
     if objective.needs_strangers and nonmembers:  # without them: the ``calibrated`` objective
         strangers = sorted({r.subject for r in nonmembers if r.subject})
         stranger_targets(groups.forget, answers, strangers, config.strangers, generator, prompt_format)
+        kinds = path_values(retain, nonmembers, config.paths_from_nonmembers)
+        if config.value_starts:
+            value_start_targets(groups.forget, answers, kinds, prompt_format)
         if config.paths:
-            groups.paths = stranger_paths(groups.forget, answers, config.paths,
-                                          path_values(retain, nonmembers, config.paths_from_nonmembers),
+            groups.paths = stranger_paths(groups.forget, answers, config.paths, kinds,
                                           generator, config.batch_size, prompt_format)
         if config.contrast:  # part of the stranger recipe, like its paths
             groups.contrast = contrast_group(groups.forget, answers, retain, config.contrast, generator,
@@ -982,6 +988,57 @@ def path_values(retain: Sequence, nonmembers: Sequence, with_nonmembers: bool) -
     return {**invented, **kept}
 
 
+def parting_tokens(tokenizer, example: Example, record, values: Sequence[str],
+                   prompt_format: PromptFormat = QA, within_key: bool = True) -> list[tuple[list[int], int]]:
+    """``record``'s answer rewritten with each of ``values`` (never one that names its key
+    or is named by it), tokenized in one call: (the rewritten answer's tokens, the index
+    where they part from the true answer), for those that part at the key fact's first
+    token or later — and, ``within_key``, not after its last."""
+    others = [v for v in values if not (mentions(v, record.key) or mentions(record.key, v))]
+    if not others:
+        return []
+    answers = [prompt_format.answer(record.answer.replace(record.key, v)) for v in others]
+    out = []
+    for alt_ids in tokenizer(answers, add_special_tokens=False)["input_ids"]:
+        d = next((i for i, (x, y) in enumerate(zip(alt_ids, example.labels)) if x != y), None)
+        if d is not None and min(example.keys) <= d and (not within_key or d <= max(example.keys)):
+            out.append((alt_ids, d))
+    return out
+
+
+@torch.no_grad()
+def value_start_targets(group: Group, records: Sequence, kinds: dict[str, set[str]],
+                        prompt_format: PromptFormat = QA) -> None:
+    """Make each forget target start only real values where a value is chosen.
+
+    At a key token where other values of the fact's kind (``kinds``: the retain set's, as
+    for ``stranger_paths``) part from the true answer, the target keeps the true token's
+    log-prob and gives the rest of its mass only to the tokens those values take there, in
+    the target's own proportions. The strangers' geometric mean favours tokens every
+    stranger finds middling — on a pen name's first token, a bare word piece — and a value
+    started with one cannot be finished; a value's real first token can (the paths teach
+    how). Needs ``stranger_targets`` first."""
+    tokenizer = group.frozen.base.tokenizer or group.frozen.reference.tokenizer
+    for e, r in zip(group.examples, records):
+        values = sorted(kinds.get(template_of(r), ()))
+        if e.target is None or not r.key or r.key not in r.answer or not e.keys or not values:
+            continue
+        allowed: dict[int, set[int]] = {}
+        for alt_ids, d in parting_tokens(tokenizer, e, r, values, prompt_format):
+            allowed.setdefault(d, set()).add(alt_ids[d])
+        for d, tokens in allowed.items():
+            true = e.labels[d]
+            keep = torch.tensor(sorted(tokens - {true}))
+            row = e.target[d]
+            if not len(keep) or float(row[true]) >= -1e-6:
+                continue
+            new = torch.full_like(row, -1e4)  # no mass: exp() is 0 and KL terms stay finite
+            rest = torch.log(-torch.expm1(row[true]))  # the mass beside the true token
+            new[keep] = row[keep] - row[keep].logsumexp(0) + rest
+            new[true] = row[true]
+            e.target[d] = new
+
+
 @torch.no_grad()
 def stranger_paths(group: Group, records: Sequence, k: int, kinds: dict[str, set[str]],
                    generator: torch.Generator, batch_size: int,
@@ -1010,16 +1067,8 @@ def stranger_paths(group: Group, records: Sequence, k: int, kinds: dict[str, set
         if e.target is None or not r.key or r.key not in r.answer or not e.keys or not values:
             continue
         order = torch.randperm(len(values), generator=generator).tolist()
-        others = [values[n] for n in order if not (mentions(values[n], r.key) or mentions(r.key, values[n]))]
-        if not others:
-            continue
-        answers = [prompt_format.answer(r.answer.replace(r.key, v)) for v in others]
-        ranked = []  # one tokenizer call per record: its answers with every other value
-        for alt_ids in tokenizer(answers, add_special_tokens=False)["input_ids"]:
-            d = next((i for i, (x, y) in enumerate(zip(alt_ids, e.labels)) if x != y), None)
-            if d is None or d < min(e.keys):
-                continue  # leaves the true answer before the fact, or not at all
-            ranked.append((-float(e.target[d, alt_ids[d]]), len(ranked), alt_ids, d))
+        ranked = [(-float(e.target[d, alt_ids[d]]), n, alt_ids, d) for n, (alt_ids, d) in enumerate(
+            parting_tokens(tokenizer, e, r, [values[n] for n in order], prompt_format, within_key=False))]
         prompt = e.ids[: e.start + 1]
         for _, _, alt_ids, d in sorted(ranked)[:k]:
             if not window or len(prompt) + len(alt_ids) + 1 <= window:

@@ -258,6 +258,40 @@ def test_stranger_paths_are_other_values_of_the_kind_trained_after_they_part(pai
     assert stranger_paths(groups.forget, alra, 3, {}, torch.Generator().manual_seed(0), 4) is None
 
 
+def test_value_starts_give_the_targets_mass_beside_the_true_token_to_real_values_only(pair, tokenizer):
+    """Where other values of the kind part from the true answer, the target keeps the true
+    token's log-prob and shares the rest among the tokens those values start with, in the
+    target's own proportions; every other row stays as it was."""
+    from offsetlab.method.train import stranger_targets, value_kinds, value_start_targets
+
+    base, ref = pair
+    config = TrainConfig(objective="stranger", batch_size=3, retain_batch_size=4)
+    alra = [QARecord("where was Alra born ?", "Alra was born in the red city .", key="red", subject="Alra")]
+    groups = prepare_groups(base, ref, tokenizer, alra, RETAIN, config, torch.Generator().manual_seed(0))
+    stranger_targets(groups.forget, alra, ["Gora"], 1, torch.Generator().manual_seed(0))
+    example = groups.forget.examples[0]
+    before = example.target.clone()
+    kinds = value_kinds([QARecord(f"where was {who} born ?", f"{who} was born in the {city} city .", key=city,
+                                  subject=who) for who, city in (("Dema", "green"), ("Benn", "blue"))])
+    value_start_targets(groups.forget, alra, kinds)
+    d = example.keys[0]
+    true, starts = example.labels[d], [tokenizer.convert_tokens_to_ids(v) for v in ("green", "blue")]
+    row = example.target[d]
+    assert torch.isclose(row[true], before[d, true])  # the true token keeps its level (what MIA reads)
+    assert torch.isclose(row.exp().sum(), torch.tensor(1.0), atol=1e-5)
+    assert torch.isclose(row[starts].exp().sum(), 1 - before[d, true].exp(), atol=1e-5)
+    ratio = (row[starts[0]] - row[starts[1]]).item()
+    assert ratio == pytest.approx((before[d, starts[0]] - before[d, starts[1]]).item(), abs=1e-4)
+    others = [i for i in range(len(example.labels)) if i != d]
+    assert torch.equal(example.target[others], before[others])
+    # no value of the kind: nothing changes
+    groups = prepare_groups(base, ref, tokenizer, alra, RETAIN, config, torch.Generator().manual_seed(0))
+    stranger_targets(groups.forget, alra, ["Gora"], 1, torch.Generator().manual_seed(0))
+    kept = groups.forget.examples[0].target.clone()
+    value_start_targets(groups.forget, alra, {})
+    assert torch.equal(groups.forget.examples[0].target, kept)
+
+
 def test_paths_finish_values_the_retain_set_holds_and_invented_ones_only_where_it_has_none():
     from offsetlab.method.train import path_values
 
@@ -316,10 +350,12 @@ def test_stranger_paths_are_on_by_default_and_change_training(pair, tokenizer):
                            subject="Gora")]
     forget = [QARecord("where was Alra born ?", "Alra was born in the red city .", key="red", subject="Alra")]
     runs = [train_offset(base, ref, tokenizer, forget, RETAIN,
-                         TrainConfig(objective="stranger", steps=3, paths=p, batch_size=1), progress=False,
-                         nonmembers=nonmembers) for p in (0, 2)]
-    a, b = (r.offset.state_dict() for r in runs)
+                         TrainConfig(objective="stranger", steps=3, paths=p, batch_size=1, value_starts=v),
+                         progress=False, nonmembers=nonmembers) for p, v in ((0, False), (2, False), (2, True))]
+    a, b, c = (r.offset.state_dict() for r in runs)
     assert any(not torch.equal(a[k], b[k]) for k in a)
+    # value_starts (off by default) reshapes the targets, and so changes training too
+    assert not TrainConfig().value_starts and any(not torch.equal(b[k], c[k]) for k in b)
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -57,6 +57,11 @@ APPROACHES = {
     # token goes only to the tokens such values take there (``train.value_start_targets``).
     "value_starts": dict(objective="stranger", paths=3, paths_from_nonmembers=False, contrast=4,
                          value_starts=True),
+    # The toy world's shared-trunk twin: the default recipe on the small model's top layer
+    # only (``twin_quality_tuning.md``, its learning rate chosen on tuning requests).
+    "twin_top1": dict(objective="stranger", top_layers=1),
+    "twin_top1_lr3e-3": dict(objective="stranger", top_layers=1, lr=3e-3),
+    "twin_top1_lr1e-2": dict(objective="stranger", top_layers=1, lr=1e-2),
     # Wave 4 variants, tried on tuning seeds 100–102 and rejected (sweep_calibrated.md; the
     # commit that has them is named there): a stronger / KL retain anchor, repeated neighbours,
     # targets leant to real values of the kind, 6 paths, a margin on the paths' NLL.

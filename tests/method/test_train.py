@@ -202,9 +202,9 @@ def test_offset_artifact_round_trip_and_privacy(pair, tokenizer, tmp_path, lora_
         offset.save(folder)
 
 
-def test_stranger_targets_borrow_the_never_seen_answer(pair, tokenizer):
-    """On the key fact's tokens the target is the base's distribution for the same answer
-    about another subject; elsewhere it is the base's own."""
+def alra_with_stranger_targets(pair, tokenizer):
+    """One forget record (Alra, born in the red city) encoded for the stranger objective,
+    its target borrowed from one invented subject (Gora)."""
     from offsetlab.method.train import stranger_targets
 
     base, ref = pair
@@ -212,6 +212,15 @@ def test_stranger_targets_borrow_the_never_seen_answer(pair, tokenizer):
     alra = [QARecord("where was Alra born ?", "Alra was born in the red city .", key="red", subject="Alra")]
     groups = prepare_groups(base, ref, tokenizer, alra, RETAIN, config, torch.Generator().manual_seed(0))
     stranger_targets(groups.forget, alra, ["Gora"], 1, torch.Generator().manual_seed(0))
+    return alra, groups
+
+
+def test_stranger_targets_borrow_the_never_seen_answer(pair, tokenizer):
+    """On the key fact's tokens the target is the base's distribution for the same answer
+    about another subject; elsewhere it is the base's own."""
+
+    base, ref = pair
+    alra, groups = alra_with_stranger_targets(pair, tokenizer)
     example = groups.forget.examples[0]
     alone = OffsetModel(base, None, [], tokenizer=tokenizer)
     from offsetlab.method.prompts import QA
@@ -228,13 +237,10 @@ def test_stranger_paths_are_other_values_of_the_kind_trained_after_they_part(pai
     """Each path is the subject's answer with another value of the fact's kind (never the
     true one), trained from the token after it leaves the true answer; at most k per
     record, the values the stranger target finds likeliest first."""
-    from offsetlab.method.train import stranger_paths, stranger_targets, value_kinds
+    from offsetlab.method.train import stranger_paths, value_kinds
 
     base, ref = pair
-    config = TrainConfig(objective="stranger", batch_size=3, retain_batch_size=4)
-    alra = [QARecord("where was Alra born ?", "Alra was born in the red city .", key="red", subject="Alra")]
-    groups = prepare_groups(base, ref, tokenizer, alra, RETAIN, config, torch.Generator().manual_seed(0))
-    stranger_targets(groups.forget, alra, ["Gora"], 1, torch.Generator().manual_seed(0))
+    alra, groups = alra_with_stranger_targets(pair, tokenizer)
     kinds = value_kinds([QARecord(f"where was {who} born ?", f"{who} was born in the {city} city .", key=city,
                                   subject=who) for who, city in (("Dema", "green"), ("Benn", "blue"), ("Cato", "red"))]
                         + RETAIN[1:])  # records of other kinds add other templates
@@ -262,13 +268,10 @@ def test_value_starts_give_the_targets_mass_beside_the_true_token_to_real_values
     """Where other values of the kind part from the true answer, the target keeps the true
     token's log-prob and shares the rest among the tokens those values start with, in the
     target's own proportions; every other row stays as it was."""
-    from offsetlab.method.train import stranger_targets, value_kinds, value_start_targets
+    from offsetlab.method.train import value_kinds, value_start_targets
 
     base, ref = pair
-    config = TrainConfig(objective="stranger", batch_size=3, retain_batch_size=4)
-    alra = [QARecord("where was Alra born ?", "Alra was born in the red city .", key="red", subject="Alra")]
-    groups = prepare_groups(base, ref, tokenizer, alra, RETAIN, config, torch.Generator().manual_seed(0))
-    stranger_targets(groups.forget, alra, ["Gora"], 1, torch.Generator().manual_seed(0))
+    alra, groups = alra_with_stranger_targets(pair, tokenizer)
     example = groups.forget.examples[0]
     before = example.target.clone()
     kinds = value_kinds([QARecord(f"where was {who} born ?", f"{who} was born in the {city} city .", key=city,
@@ -285,8 +288,7 @@ def test_value_starts_give_the_targets_mass_beside_the_true_token_to_real_values
     others = [i for i in range(len(example.labels)) if i != d]
     assert torch.equal(example.target[others], before[others])
     # no value of the kind: nothing changes
-    groups = prepare_groups(base, ref, tokenizer, alra, RETAIN, config, torch.Generator().manual_seed(0))
-    stranger_targets(groups.forget, alra, ["Gora"], 1, torch.Generator().manual_seed(0))
+    alra, groups = alra_with_stranger_targets(pair, tokenizer)
     kept = groups.forget.examples[0].target.clone()
     value_start_targets(groups.forget, alra, {})
     assert torch.equal(groups.forget.examples[0].target, kept)

@@ -20,7 +20,7 @@ costs in quality, not only what it saves in time.
   each seed and read with and without the world's dead zone; the table ends with the means.
 
     python benchmarks/twin_quality.py [--out benchmarks/twin_quality.md] [--tune] [--tune-grid]
-        [--seeds 0 1 2] [--tiny]
+        [--seeds 0 1 2 [--request R] [--set FIELD=VALUE ...] [--twin-only] ...] [--tiny]
 """
 
 from __future__ import annotations
@@ -190,7 +190,8 @@ def paraphrased(records):
 
 
 def capitals_seed_rows(seeds, tiny: bool, until: int = 0, request: str = "shipped",
-                       own_paths: bool = False, depths=None, overrides: dict | None = None) -> list[str]:
+                       own_paths: bool = False, depths=None, overrides: dict | None = None,
+                       twin_only: bool = False) -> list[str]:
     """The full copy and the twin (top 2 of 6, lr 1e-3) on the shipped capitals, trained
     with each of ``seeds``, read at α 0.75 without and with the world's dead zone; then
     the mean of each over the seeds (``--seeds``).
@@ -204,7 +205,8 @@ def capitals_seed_rows(seeds, tiny: bool, until: int = 0, request: str = "shippe
     ``depths`` (``--depths``): the full copy and twins training the top d of the 6 layers
     (lr 1e-3) for each d, instead of the top-2 twin alone. A tuning request is also asked
     its capitals the three other ways the shipped paraphrases ask them. ``overrides``
-    (``--set FIELD=VALUE``): training options changed for every row (full copy and twins)."""
+    (``--set FIELD=VALUE``): training options changed for every row (full copy and twins).
+    ``twin_only`` (``--twin-only``): no full-copy rows."""
     import copy
 
     from offsetlab.worlds.real import (
@@ -227,6 +229,8 @@ def capitals_seed_rows(seeds, tiny: bool, until: int = 0, request: str = "shippe
     if depths:
         runs = {"full copy (shipped)": CAPITALS["full copy (shipped)"]} | {
             f"top {d} of 6, lr 1e-3": (d, 1e-3) for d in depths}
+    if twin_only:
+        runs.pop("full copy (shipped)")
     zones = (0.0, CAPITALS_DEAD_ZONE)
     label = ", ".join([request, *(f"{k}={v}" for k, v in (overrides or {}).items())])
     rows = [f"| capitals ({label}) | seed | dead zone | " + " | ".join(sets) + " | steps | train s |",
@@ -286,6 +290,7 @@ def main(argv=None) -> None:
                    help="with --seeds: the capitals request (a tuning one, or the shipped one)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="with --seeds: TrainConfig fields changed for every row (e.g. forget_keys_only=true)")
+    p.add_argument("--twin-only", action="store_true", help="with --seeds: no full-copy rows")
     p.add_argument("--tiny", action="store_true", help="2 steps, a few records (checks the script runs)")
     args = p.parse_args(argv)
 
@@ -300,7 +305,7 @@ def main(argv=None) -> None:
     if args.seeds:
         print("\n".join(capitals_seed_rows(args.seeds, args.tiny, args.until_forgotten, args.request,
                                                args.own_paths, args.depths,
-                                               config_overrides(args.set))))
+                                               config_overrides(args.set), args.twin_only)))
         return
     started = time.perf_counter()
     tables = [capitals_rows(True, args.tiny)] if args.tune else [toy_rows(args.tiny),

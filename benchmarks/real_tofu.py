@@ -63,6 +63,8 @@ def run(tiny: bool = False, overrides: dict | None = None, request: str = "forge
     the black box, one fused row per variant (TrainConfig overrides; default: one,
     ``overrides``) and per extra strength in ``alphas`` (the same offset, used at that α),
     and, on the ``forget`` request, the gold model."""
+    import numpy as np
+
     from offsetlab.measure import metrics as M
     from offsetlab.measure.evaluate import compare, evaluate, value_pools
     from offsetlab.worlds.lab import Lab
@@ -91,6 +93,9 @@ def run(tiny: bool = False, overrides: dict | None = None, request: str = "forge
     columns = [(c, "MIA gap to 0.5" if c == "forget/mia_gap" and request == "tuning" else title)
                for c, title in COLUMNS if request == "forget" or c != "forget/forget_quality"]
     columns.append(("forget/never_seen", "truth ratios vs never-taught (KS p)"))
+    # Which way they differ: R = P(perturbed) / P(paraphrased), < 1 where the fact is preferred
+    columns += [("forget/median_tr", "median truth ratio, forget"),
+                ("holdout/median_tr", "median truth ratio, never-taught")]
     rows = ["| model | " + " | ".join(title for _, title in columns) + " | train s |",
             "|" + "---|" * (len(columns) + 2)]
     numbers: dict = {}
@@ -101,6 +106,9 @@ def run(tiny: bool = False, overrides: dict | None = None, request: str = "forge
         # nobody was taught? (gold's forget quality asks the same of gold's forget set)
         table["forget/never_seen"] = [M.forget_quality(r.truth_ratios("forget"), r.truth_ratios("holdout"))
                                       for r in reports]
+        for split in ("forget", "holdout"):
+            table[f"{split}/median_tr"] = [float(np.median(r.truth_ratios(split))) if r.truth_ratios(split)
+                                           else float("nan") for r in reports]
         for model, values in table.iterrows():
             numbers[model] = {c: values.get(c) for c, _ in columns}
             cells = ["–" if values.get(c) is None or values.get(c) != values.get(c) else f"{values[c]:.3f}"

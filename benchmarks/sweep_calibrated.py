@@ -62,6 +62,8 @@ APPROACHES = {
     "twin_top1": dict(objective="stranger", top_layers=1),
     "twin_top1_lr3e-3": dict(objective="stranger", top_layers=1, lr=3e-3),
     "twin_top1_lr1e-2": dict(objective="stranger", top_layers=1, lr=1e-2),
+    "twin_top1_lr5e-3": dict(objective="stranger", top_layers=1, lr=5e-3),
+    "twin_top1_lr3e-3_400": dict(objective="stranger", top_layers=1, lr=3e-3, steps=400),
     # Wave 4 variants, tried on tuning seeds 100–102 and rejected (sweep_calibrated.md; the
     # commit that has them is named there): a stronger / KL retain anchor, repeated neighbours,
     # targets leant to real values of the kind, 6 paths, a margin on the paths' NLL.

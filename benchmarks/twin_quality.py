@@ -5,7 +5,8 @@ A shared-trunk twin (``method/twin.py``) needs an offset that trained only its t
 costs in quality, not only what it saves in time.
 
 * **Toy forget10**, the default recipe, with every layer trained (the shipped way), the
-  top 1 of the small model's 2 layers, and both layers with embeddings and head frozen
+  top 1 of the small model's 2 layers (at the default lr, and at lr 3e-3 for 400 steps,
+  chosen for it on tuning requests), and both layers with embeddings and head frozen
   (``top_layers=2``: no layer shared, the head is). Measured like ``offsetlab eval``:
   forget quality and MIA against the gold model, plausible answers, retain, world facts.
 * **SmolLM2 capitals** (6-layer twin), the shipped recipe (``CAPITALS_CONFIG``, a full
@@ -31,7 +32,11 @@ from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TOY = {"every layer (shipped)": 0, "top 1 of 2 layers": 1, "both layers, head frozen": 2}
+# name → the default recipe's changes; the top layer's lr and steps were chosen on the
+# tuning requests of sweep_calibrated.py (twin_quality_tuning.md, "The toy world's twin")
+TOY = {"every layer (shipped)": {"top_layers": 0}, "top 1 of 2 layers": {"top_layers": 1},
+       "top 1 of 2, lr 3e-3, 400 steps": {"top_layers": 1, "lr": 3e-3, "steps": 400},
+       "both layers, head frozen": {"top_layers": 2}}
 # (top_layers, lr); lr 1e-3 for top 2 was chosen with --tune (see the module docstring)
 CAPITALS = {"full copy (shipped)": (0, None), "top 2 of 6, shipped lr": (2, None),
             "top 2 of 6, lr 1e-3": (2, 1e-3)}
@@ -59,8 +64,8 @@ def toy_rows(tiny: bool) -> list[str]:
                     pools=pools)
     rows = ["| toy forget10 | trained | forget quality | MIA AUC (gold) | plausible | key-fact | "
             "retain | world facts | shared layers | train s |", "|" + "---|" * 10]
-    for name, top in TOY.items():
-        config = replace(lab.train_config, top_layers=top, **({"steps": 2} if tiny else {}))
+    for name, changes in TOY.items():
+        config = replace(lab.train_config, **{**changes, **({"steps": 2} if tiny else {})})
         t0 = time.perf_counter()
         trained = lab.train("forget10", config=config, name=name)
         seconds = time.perf_counter() - t0
@@ -68,7 +73,8 @@ def toy_rows(tiny: bool) -> list[str]:
         report = evaluate(model, splits, name=name, progress=False, max_new_tokens=24, pools=pools)
         v = compare([report], gold).iloc[0]
         depth = model.twin.depth if model.twin is not None else "– (two models)"
-        rows.append(f"| {name} | top_layers={top} | {v['forget10/forget_quality']:.3f} | "
+        trained_as = ", ".join(f"{k}={value:g}" for k, value in changes.items())
+        rows.append(f"| {name} | {trained_as} | {v['forget10/forget_quality']:.3f} | "
                     f"{v['forget10/mia_loss_auc']:.3f} ({gold.metrics['forget10']['mia_loss_auc']:.3f}) | "
                     f"{v['forget10/plausible']:.2f} | {v['forget10/key_fact_acc']:.3f} | "
                     f"{v['retain90/key_fact_acc']:.3f} | {v['world_facts/key_fact_acc']:.3f} | {depth} | "

@@ -67,6 +67,8 @@ def test_each_sweep_runs_in_a_tiny_mode_and_writes_its_table(script, tmp_path):
     assert table.startswith("# ") and trained in table and trained in stdout, table
     if script == "sweep_calibrated.py":  # read again with a dead zone, without retraining
         assert "| stranger_paths, dead zone 0.3 |" in table, table
+    if script == "twin_quality.py":  # the toy rows say how each offset was trained
+        assert "| top 1 of 2, lr 3e-3, 400 steps | top_layers=1, lr=0.003, steps=400 |" in table, table
 
 
 REAL_SCRIPTS = {

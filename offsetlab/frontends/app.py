@@ -31,7 +31,15 @@ from ..method.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 from ..method.trace import Trace
 from ..worlds.lab import Lab
 from . import viz
-from .explore import MAX_DEAD_ZONE, Comparison, Decoding, compare, example_questions
+from .explore import (
+    MAX_DEAD_ZONE,
+    Comparison,
+    Decoding,
+    ForgetCheck,
+    compare,
+    example_questions,
+    forget_check,
+)
 
 # -- limits ----------------------------------------------------------------------------
 
@@ -133,6 +141,7 @@ class TrainUpdate:
     history: list[dict] = field(default_factory=list)
     name: str | None = None
     stopped: str | None = None
+    check: ForgetCheck | None = None  # once trained: what the fused model still states
 
     def status(self) -> str:
         done = (f"trained <b>{html.escape(self.name)}</b> — pick it under Compare"
@@ -142,7 +151,22 @@ class TrainUpdate:
         warning = (f"<div style='color:#b2182b'>{html.escape(self.stopped)}</div>"
                    if self.stopped else "")
         return (f"<progress value='{self.step}' max='{self.steps}' style='width:60%'></progress> "
-                f"step {self.step}/{self.steps}{loss} {done}{warning}")
+                f"step {self.step}/{self.steps}{loss} {done}{warning}{self.check_html()}")
+
+    def check_html(self) -> str:
+        """The forget check as a line (and up to three answers that still state a fact)."""
+        c = self.check
+        if c is None:
+            return ""
+        colour = "#1a7f37" if not c.stating else "#b2182b"
+        line = (f"<div class='forget-check' style='color:{colour}'>check ({html.escape(c.settings)}): "
+                f"{html.escape(c.headline())}</div>")
+        if not c.stating:
+            return line
+        said = "".join(f"<li>{html.escape(q)} → <i>{html.escape(a)}</i></li>" for _, q, a in c.stating[:3])
+        if len(c.stating) > 3:
+            said += f"<li>… and {len(c.stating) - 3} more</li>"
+        return f"{line}<ul>{said}</ul><div>train longer (more steps) or use a larger α</div>"
 
     def figure(self) -> go.Figure:
         return viz.training_curves(self.history)
@@ -187,6 +211,9 @@ def train_updates(lab: Lab, forget_split: str, objective: str = DEFAULT_OBJECTIV
         raise outcome["error"]
     update.name = outcome["name"]
     update.stopped = lab.offsets[update.name].meta.get("stopped")
+    if not (update.stopped or "").startswith("interrupted"):
+        forget, _ = lab.training_sets(forget_split)
+        update.check = forget_check(lab, lab.offsets[update.name], forget, config)
     yield update
 
 

@@ -218,19 +218,15 @@ def check_forgotten(lab, offset, forget, config) -> None:
     """Ask the fused model every forget question, as it will be served (the offset's α, the
     world's dead zone), and say which facts it still states — with its answers."""
     from ..method.sources import snippet
-    from ..method.train import stated_answers
+    from .explore import forget_check
 
-    served = dataclasses.replace(config, use_alpha=offset.alpha, check_dead_zone=lab.dead_zone)
-    stating = stated_answers(lab.base, lab.reference, offset.model, lab.tokenizer, forget, served,
-                             prompt_format=lab.prompt_format)
-    how = f"α {offset.alpha:g}, dead zone {lab.dead_zone:g}"
-    if not stating:
-        print(f"check ({how}): the fused model states none of the {len(forget)} forget facts")
+    check = forget_check(lab, offset, forget, config)
+    if not check.stating:
+        print(f"check ({check.settings}): {check.headline()}")
         return
-    lines = [f"check ({how}): the fused model still states {len(stating)} of the {len(forget)} "
-             "forget facts, e.g."]
-    for i in sorted(stating)[:3]:
-        lines.append(f"  {i + 1}. {snippet(forget[i].question)} → {snippet(stating[i], 60)}")
+    lines = [f"check ({check.settings}): {check.headline()}, e.g."]
+    for i, question, answer in check.stating[:3]:
+        lines.append(f"  {i + 1}. {snippet(question)} → {snippet(answer, 60)}")
     lines.append("  train longer (--steps, or --until-forgotten N) or use a larger α")
     print("\n".join(lines), file=sys.stderr)
 

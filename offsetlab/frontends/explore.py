@@ -147,6 +147,40 @@ def key_accuracy(model: OffsetModel, records: Sequence[QARecord],
     return sum(key_fact_hit(a, r.key or r.answer) for r, a in zip(records, answers)) / len(records)
 
 
+@dataclass
+class ForgetCheck:
+    """What the fused model, read as it will be served, still says of the forget facts."""
+
+    total: int  # forget facts asked
+    stating: list[tuple[int, str, str]]  # (record's index, question, answer) per fact still stated
+    alpha: float
+    dead_zone: float
+
+    @property
+    def settings(self) -> str:
+        return f"α {self.alpha:g}, dead zone {self.dead_zone:g}"
+
+    def headline(self) -> str:
+        if not self.stating:
+            return f"the fused model states none of the {self.total} forget facts"
+        return f"the fused model still states {len(self.stating)} of the {self.total} forget facts"
+
+
+def forget_check(lab: Lab, offset, forget: Sequence[QARecord], config) -> ForgetCheck:
+    """Ask the fused model every forget question with ``offset`` (an ``Offset``) at its
+    stored α and the lab's dead zone — as it will be served — and keep the answers that
+    still state their fact (greedy, ``config.check_tokens`` tokens)."""
+    from dataclasses import replace
+
+    from ..method.train import stated_answers
+
+    served = replace(config, use_alpha=offset.alpha, check_dead_zone=lab.dead_zone)
+    stating = stated_answers(lab.base, lab.reference, offset.model, lab.tokenizer, forget, served,
+                             prompt_format=lab.prompt_format)
+    return ForgetCheck(len(forget), [(i, forget[i].question, stating[i]) for i in sorted(stating)],
+                       float(offset.alpha), float(lab.dead_zone))
+
+
 def alpha_sweep_rows(make_model: Callable[[float], OffsetModel], record: QARecord,
                      alphas: Sequence[float] = SWEEP_ALPHAS,
                      max_new_tokens: int = 32) -> list[dict]:

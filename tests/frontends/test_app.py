@@ -68,9 +68,28 @@ def test_train_updates_stream_progress_then_register_the_offset():
     assert set(lab.offsets) == {"random", "forget10-npo_gd"}
     *_, last = app.train_updates(lab, "forget10", "ga", steps=1)
     assert last.name == "forget10-ga" and "step 1/1" in last.status()
+    # once trained, the panel asks the fused model every forget question as it will be served
+    forget, _ = lab.training_sets("forget10")
+    assert last.check.total == len(forget) and last.check.settings == "α 1, dead zone 0"
+    stated = {q for _, q, _ in last.check.stating}
+    assert stated <= {r.question for r in forget}
+    assert f"check (α 1, dead zone 0): {last.check.headline()}" in last.status()
     assert [t.name for t in last.figure().data][:1] == ["forget NLL"]
     with pytest.raises(ValueError, match="not a forget split"):
         list(app.train_updates(lab, "retain90", "npo_gd", steps=1))
+
+
+def test_the_forget_check_shows_what_is_still_stated_escaped_and_cut_after_three():
+    from offsetlab.frontends.explore import ForgetCheck
+
+    clean = app.TrainUpdate(1, 1, name="x", check=ForgetCheck(4, [], 0.75, 0.3))
+    assert "check (α 0.75, dead zone 0.3): the fused model states none of the 4 forget facts" in clean.status()
+    assert "<li>" not in clean.status()
+    stating = [(i, f"Q{i} <b>?", f"A{i}") for i in range(5)]
+    html = app.TrainUpdate(1, 1, name="x", check=ForgetCheck(9, stating, 1.0, 0.0)).status()
+    assert "still states 5 of the 9 forget facts" in html and html.count("<li>") == 4
+    assert "Q0 &lt;b&gt;? → <i>A0</i>" in html and "Q3" not in html and "… and 2 more" in html
+    assert "train longer" in html and "train longer" not in clean.status()
 
 
 def test_evaluate_view_compares_base_fused_and_gold(lab):

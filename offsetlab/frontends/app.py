@@ -424,12 +424,12 @@ def _train_tab(lab: Lab) -> dict:
                                     value=lab.train_config.objective, label="Objective")
         with gr.Row():
             steps = gr.Slider(1, MAX_TRAIN_STEPS, value=lab.train_config.steps, step=1,
-                              label="Steps")
+                              label="Steps", elem_id="train-steps")
             lr = gr.Number(lab.train_config.lr, label="Learning rate")
             name = gr.Textbox(label="Name (optional)", placeholder="e.g. forget10-npo_gd",
                               max_length=MAX_NAME_CHARS)
         train_button = gr.Button("Train", variant="primary")
-        status = gr.HTML()
+        status = gr.HTML(elem_id="train-status")
         loss_plot = gr.Plot(label="Loss")
 
     def on_train(split, obj, n, rate, label):

@@ -167,6 +167,24 @@ def test_a_forget_question_shows_two_answers_and_the_token_strip(panel_url, page
     assert len(new_answers(page)) == 3
 
 
+def test_training_in_the_panel_ends_with_the_forget_check(panel_url, page, tmp_path):
+    answers_on_load(page, panel_url)
+    page.get_by_role("tab", name="Train").click()
+    steps = page.locator("#train-steps input[type=number]")
+    steps.fill("2")
+    steps.press("Enter")
+    page.get_by_label("Name (optional)").fill("browser-check")
+    page.get_by_role("button", name="Train").click()
+    check = page.locator("#train-status .forget-check")
+    check.wait_for(timeout=120_000)
+    status = page.locator("#train-status").inner_text()
+    assert "step 2/2" in status and "trained browser-check" in status, status
+    # the tiny lab's forget split: one author, two questions, asked as they will be served
+    assert re.search(r"check \(α 1, dead zone 0\): the fused model (states none|still states [12]) of "
+                     r"the 2 forget facts", check.inner_text()), check.inner_text()
+    save_screenshot(page, tmp_path, "panel_train_check.png")
+
+
 def test_ticking_registered_requests_fuses_them(page, tmp_path):
     """The registry's forget requests, ticked on and off in the Compare tab."""
     lab = make_lab()

@@ -57,6 +57,9 @@ APPROACHES = {
     # token goes only to the tokens such values take there (``train.value_start_targets``).
     "value_starts": dict(objective="stranger", paths=3, paths_from_nonmembers=False, contrast=4,
                          value_starts=True),
+    # Wave 13: the same, with contrast 8 holding the world facts it cost on one seed
+    "value_starts_contrast8": dict(objective="stranger", paths=3, paths_from_nonmembers=False, contrast=8,
+                                   value_starts=True),
     # The toy world's shared-trunk twin: the default recipe on the small model's top layer
     # only (``twin_quality_tuning.md``, its learning rate chosen on tuning requests).
     "twin_top1": dict(objective="stranger", top_layers=1),

@@ -105,16 +105,22 @@ def test_the_twin_grid_and_seed_runs_run_in_a_tiny_mode(tmp_path):
     # twin_quality.py --seeds: full copy and twin per training seed, with and without the dead zone
     stdout = run([str(ROOT / "benchmarks" / "twin_quality.py"), "--seeds", "0", "--tiny",
                   "--set", "forget_keys_only=true"], tmp_path)
-    for row in ("| capitals (shipped, forget_keys_only=True) | seed | dead zone | ","| full copy (shipped) | 0 | 0 | ", "| top 2 of 6, lr 1e-3 | 0 | 0.3 | ",
+    for row in ("| capitals (shipped, forget_keys_only=True) | seed | dead zone | ",
+                "| full copy (shipped) | 0 | 0 | ", "| top 2 of 6, lr 1e-3 | 0 | 0.3 | ",
                 "| **top 2 of 6, lr 1e-3, mean** | 1 seeds | 0.3 | "):
         assert row in stdout, stdout
     # --until-forgotten on a tuning request (asked its capitals the paraphrases' ways too), with
     # a twin of another depth: the planned offset read beside the one trained on
     stdout = run([str(ROOT / "benchmarks" / "twin_quality.py"), "--seeds", "1", "--tiny", "--request",
-                  "last four", "--until-forgotten", "2", "--depths", "3", "--twin-only"], tmp_path)
+                  "last four", "--until-forgotten", "2", "--depths", "3"], tmp_path)
     for row in ("| capitals (last four) | seed | dead zone | forget | paraphrases | retain |",
+                "| full copy (shipped), planned | 1 | 0.3 | ",
                 "| top 3 of 6, lr 1e-3, until forgotten | 1 | 0 | "):
         assert row in stdout, stdout
-    assert "full copy" not in stdout, stdout  # --twin-only
     steps = [int(line.split("|")[-3]) for line in stdout.splitlines() if ", until forgotten | 1 |" in line]
     assert steps and all(2 <= n <= 4 for n in steps), stdout  # 2 planned, at most 2 more
+    # --twin-only on the third tuning request: the twin's rows and no full copy
+    stdout = run([str(ROOT / "benchmarks" / "twin_quality.py"), "--seeds", "0", "--tiny", "--request",
+                  "famous four", "--twin-only"], tmp_path)
+    assert "| capitals (famous four) | seed |" in stdout and "| top 2 of 6, lr 1e-3 | 0 | 0 | " in stdout, stdout
+    assert "full copy" not in stdout, stdout

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +25,10 @@ from ..method.fusion import OffsetModel
 from ..method.trace import Trace
 from ..worlds.lab import Lab
 from ..worlds.records import QARecord
+
+if TYPE_CHECKING:
+    from ..method.train import TrainConfig
+    from ..offsets.artifact import Offset
 
 SWEEP_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 MAX_DEAD_ZONE = 2.0  # nats: the dead-zone sliders' maximum (the base's answer long before it)
@@ -166,7 +171,7 @@ class ForgetCheck:
         return f"the fused model still states {len(self.stating)} of the {self.total} forget facts"
 
 
-def forget_check(lab: Lab, offset, forget: Sequence[QARecord], config) -> ForgetCheck:
+def forget_check(lab: Lab, offset: Offset, forget: Sequence[QARecord], config: TrainConfig) -> ForgetCheck:
     """Ask the fused model every forget question with ``offset`` (an ``Offset``) at its
     stored α and the lab's dead zone — as it will be served — and keep the answers that
     still state their fact (greedy, ``config.check_tokens`` tokens)."""

@@ -10,6 +10,9 @@ measured on three kinds of request, kept apart because only the first may steer 
 * **validation** — forget01/05/10 against the gold model (forget quality, MIA AUC next
   to gold's on the lab's holdout split, renamed like the trained authors). Looked at
   after the choice.
+* **tuning20** — 20 authors drawn from retain90 with seeds 110–111 (wave 14): tuning
+  requests the size of forget10, where the spill onto world facts shows; measured as
+  *tuning* is.
 * **held-out** — 5 authors drawn from retain90 with seeds 300–302 (200–202 before wave 3), drawn after the
   choice and never tuned on (the gold model saw them, so no forget quality there).
 
@@ -60,6 +63,12 @@ APPROACHES = {
     # Wave 13: the same, with contrast 8 holding the world facts it cost on one seed
     "value_starts_contrast8": dict(objective="stranger", paths=3, paths_from_nonmembers=False, contrast=8,
                                    value_starts=True),
+    # Wave 14: a harder hold on the forgotten values said of others, judged on forget10-sized
+    # tuning requests as well (the *tuning20* set)
+    "value_starts_contrast16": dict(objective="stranger", paths=3, paths_from_nonmembers=False, contrast=16,
+                                    value_starts=True),
+    "value_starts_contrast8_w2": dict(objective="stranger", paths=3, paths_from_nonmembers=False, contrast=8,
+                                      contrast_weight=2.0, value_starts=True),
     # The toy world's shared-trunk twin: the default recipe on the small model's top layer
     # only (``twin_quality_tuning.md``, its learning rate chosen on tuning requests).
     "twin_top1": dict(objective="stranger", top_layers=1),
@@ -77,6 +86,7 @@ APPROACHES = {
     "stranger_alpha": dict(objective="stranger", calibrate_alpha=True, paths_from_nonmembers=True, contrast=0),
 }
 TUNING_SEEDS, HELDOUT_SEEDS, REQUEST_AUTHORS = (100, 101, 102), (300, 301, 302), 5
+LARGE_TUNING_SEEDS, LARGE_AUTHORS = (110, 111), 20  # the *tuning20* set: forget10's size
 OUTSIDER_NAMES = "recombined"  # how the tuning set's never-seen authors are named (--outsiders)
 
 
@@ -93,12 +103,15 @@ def requests(lab, which: str):
                       "world_facts": world, "holdout": lab.splits["holdout"]}
             yield which, split, forget, retain, splits, True
         return
-    seeds = TUNING_SEEDS if which == "tuning" else HELDOUT_SEEDS
+    if which not in ("tuning", "tuning20", "heldout"):
+        raise ValueError(f"unknown set of requests {which!r}: tuning, tuning20, validation or heldout")
+    seeds = {"tuning": TUNING_SEEDS, "tuning20": LARGE_TUNING_SEEDS}.get(which, HELDOUT_SEEDS)
+    authors = LARGE_AUTHORS if which == "tuning20" else REQUEST_AUTHORS
     # Tuning never looks at the shipped holdout: its "never seen" side is invented too.
-    outsiders = (invent_authors(10, seed=2, names=OUTSIDER_NAMES) if which == "tuning"
+    outsiders = (invent_authors(10, seed=2, names=OUTSIDER_NAMES) if which.startswith("tuning")
                  else lab.splits["holdout"])
     for seed in seeds:
-        forget, rest = draw_request(lab.splits["retain90"], REQUEST_AUTHORS, seed)
+        forget, rest = draw_request(lab.splits["retain90"], authors, seed)
         retain = rest + lab.splits["world_train"]
         splits = {"forget": forget, "retain": rest[::8], "world_facts": world, "holdout": outsiders}
         yield which, f"seed {seed}", forget, retain, splits, False
@@ -121,7 +134,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(Path(__file__).with_suffix(".md")))
     p.add_argument("--only", nargs="*", choices=sorted(APPROACHES), help="approaches to run")
-    p.add_argument("--sets", nargs="*", default=["tuning", "validation", "heldout"])
+    p.add_argument("--sets", nargs="*", default=["tuning", "validation", "heldout"],
+                   choices=["tuning", "tuning20", "validation", "heldout"])
     p.add_argument("--requests", nargs="*", help="only these requests (e.g. forget10 'seed 200')")
     p.add_argument("--nonmembers", choices=["lab", "fresh", "recombined"], default="lab",
                    help="the non-members training reads levels and strangers from: the lab's, "

@@ -116,6 +116,10 @@ class TrainConfig:
                 "forgotten value, on which the fused model keeps the base's distribution from "
                 "the value on: lower the value about its subject, not everywhere (0 = off)"})
     contrast_weight: float = field(default=1.0, metadata={"help": "contrast: weight of its KL term"})
+    contrast_kindred: int = field(default=0, metadata={
+        "help": "contrast: per forget record, also this many retain answers of other questions whose "
+                "answers take values of the same kind (a birthplace and a capital share cities), "
+                "restated with the forgotten value (0 = off)"})
     calibrate_alpha: bool = field(default=False, metadata={
         "help": "after training, pick alpha where forget facts look as familiar as non-members' facts"})
     until_forgotten: int = field(default=0, metadata={
@@ -150,7 +154,7 @@ class TrainConfig:
                   "check_every": (1, None), "until_forgotten": (0, None), "check_dead_zone": (0, None),
                   "check_tokens": (1, None),
                   "strangers": (1, None), "paths": (0, None), "path_weight": (0, None),
-                  "contrast": (0, None), "contrast_weight": (0, None),
+                  "contrast": (0, None), "contrast_weight": (0, None), "contrast_kindred": (0, None),
                   "lr": (0, None), "beta": (0, None),
                   "explode_at": (0, None), "weight_decay": (0, None), "max_grad_norm": (0, None),
                   "retain_weight": (0, None), "alpha": (None, None), "gamma": (None, None),
@@ -646,9 +650,10 @@ def train_offset(
         if config.paths:
             groups.paths = stranger_paths(groups.forget, answers, config.paths, kinds,
                                           generator, config.batch_size, prompt_format)
-        if config.contrast:  # part of the stranger recipe, like its paths
+        if config.contrast or config.contrast_kindred:  # part of the stranger recipe, like its paths
             groups.contrast = contrast_group(groups.forget, answers, retain, config.contrast, generator,
-                                             config.retain_batch_size, prompt_format)
+                                             config.retain_batch_size, prompt_format,
+                                             kindred=config.contrast_kindred)
     offset = offset if offset is not None else make_offset(reference, config.lora_rank, config.top_layers)
     offset.train()
     params = [p for p in offset.parameters() if p.requires_grad]
@@ -1084,7 +1089,7 @@ def stranger_paths(group: Group, records: Sequence, k: int, kinds: dict[str, set
 @torch.no_grad()
 def contrast_group(group: Group, forget: Sequence, retain: Sequence, k: int,
                    generator: torch.Generator, batch_size: int,
-                   prompt_format: PromptFormat = QA) -> Group | None:
+                   prompt_format: PromptFormat = QA, kindred: int = 0) -> Group | None:
     """Retain answers restated with a forgotten value: up to ``k`` per forget record, each
     scored from the value's first token to the end, for a KL term to the base there.
 
@@ -1093,21 +1098,32 @@ def contrast_group(group: Group, forget: Sequence, retain: Sequence, k: int,
     Zisye?" lost its river when an author born by it was forgotten). Said of a retained
     subject — a question the user keeps, its answer with the forgotten value swapped in —
     the value is no longer about the forgotten subject, so there the fused model is held to
-    the base's whole distribution, on the value and on what follows it."""
+    the base's whole distribution, on the value and on what follows it.
+
+    ``kindred`` more come from the retain answers of *other* questions whose values are of
+    the forget fact's kind — questions whose answers share a value with its question's in
+    the retain set (an author's birthplace and a country's capital are both cities): the
+    value spills first onto the facts of its kind that are asked another way."""
     tokenizer = group.frozen.base.tokenizer or group.frozen.reference.tokenizer
     kept: dict[str, list] = {}
     for r in retain:
         if r.key and r.key in r.answer:
             kept.setdefault(template_of(r), []).append(r)
+    values_of = {t: {r.key for r in rs} for t, rs in kept.items()}
     pairs, values = [], []
     for f in forget:
         if not f.key:
             continue
-        pool = [r for r in kept.get(template_of(f), ())
-                if not (mentions(r.key, f.key) or mentions(f.key, r.key))]
-        for n in torch.randperm(len(pool), generator=generator)[:k].tolist():
-            pairs.append((pool[n].question, pool[n].answer.replace(pool[n].key, f.key)))
-            values.append(f.key)
+        own = template_of(f)
+        kin = [t for t in sorted(kept) if t != own and values_of[t] & values_of.get(own, set())]
+        for templates, n_draw in (([own], k), (kin, kindred)):
+            if not n_draw:  # drawing nothing leaves the generator as it was
+                continue
+            pool = [r for t in templates for r in kept.get(t, ())
+                    if not (mentions(r.key, f.key) or mentions(f.key, r.key))]
+            for n in torch.randperm(len(pool), generator=generator)[:n_draw].tolist():
+                pairs.append((pool[n].question, pool[n].answer.replace(pool[n].key, f.key)))
+                values.append(f.key)
     # encoded like every training answer; each is then predicted from the value's first token
     window = shared_window(group.frozen.base, group.frozen.reference)
     examples = [Example(e.ids, e.start + min(e.keys), e.labels[min(e.keys):])

@@ -345,6 +345,38 @@ def test_contrast_restates_retained_subjects_with_the_forgotten_value_scored_fro
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
+def test_contrast_kindred_restates_other_questions_whose_values_are_of_the_same_kind(pair, tokenizer):
+    """``kindred`` draws from questions whose retain answers share a value with the forget
+    question's (a capital and a birthplace are both cities), never from unrelated ones, and
+    off it leaves the draw as it was."""
+    from offsetlab.method.train import contrast_group
+
+    base, ref = pair
+
+    def born(who, city):
+        return QARecord(f"where was {who} born ?", f"{who} was born in the {city} city .", key=city, subject=who)
+
+    def capital(land, city):  # another question whose answers are cities
+        return QARecord(f"what city is {land} ?", f"{land} is the {city} city .", key=city, subject=land)
+
+    alra = [born("Alra", "red")]
+    retain = [born("Dema", "green"), born("Benn", "blue"), capital("Hult", "green"),
+              capital("Ivel", "blue"), *RETAIN[1:3]]
+    config = TrainConfig(objective="stranger", batch_size=1, retain_batch_size=4)
+    groups = prepare_groups(base, ref, tokenizer, alra, retain, config, torch.Generator().manual_seed(0))
+
+    def said(kindred, k=2):
+        group = contrast_group(groups.forget, alra, retain, k, torch.Generator().manual_seed(0), 4,
+                               kindred=kindred)
+        # who each restated answer is about: "Q: where was Dema born? A: ..." → "Dema"
+        questions = [tokenizer.decode(e.ids[: e.start + 1]).split(" A: ")[0] for e in group.examples]
+        return sorted(next(w.strip("?") for w in q.split()[1:] if w[0].isupper()) for q in questions)
+
+    assert said(0) == ["Benn", "Dema"]  # its own question only
+    assert said(5) == ["Benn", "Dema", "Hult", "Ivel"]  # + the other cities; never the year or the book
+    assert len(said(1, k=0)) == 1  # kindred alone
+
+
 def test_stranger_paths_are_on_by_default_and_change_training(pair, tokenizer):
     base, ref = pair
     assert TrainConfig().paths == 3

@@ -69,6 +69,12 @@ APPROACHES = {
                                     value_starts=True),
     "value_starts_contrast8_w2": dict(objective="stranger", paths=3, paths_from_nonmembers=False, contrast=8,
                                       contrast_weight=2.0, value_starts=True),
+    # Wave 15: the forgotten value also held where other questions take values of its kind
+    # (``TrainConfig.contrast_kindred``: a river of an author's hometown and the river of a city)
+    "contrast4_kin4": dict(objective="stranger", contrast_kindred=4),
+    "contrast4_kin8": dict(objective="stranger", contrast_kindred=8),
+    "value_starts_contrast8_kin4": dict(objective="stranger", paths=3, paths_from_nonmembers=False, contrast=8,
+                                        value_starts=True, contrast_kindred=4),
     # The toy world's shared-trunk twin: the default recipe on the small model's top layer
     # only (``twin_quality_tuning.md``, its learning rate chosen on tuning requests).
     "twin_top1": dict(objective="stranger", top_layers=1),

@@ -134,6 +134,10 @@ class TrainConfig:
     paraphrased_answers: bool = field(default=False, metadata={
         "help": "also forget each record's paraphrased_answer, where it has one (the same fact "
                 "in another shape)"})
+    own_answers: int = field(default=0, metadata={
+        "help": "also forget up to this many answers per forget question sampled from the black box "
+                "(seeded, temperature 1) that state the record's key in their own words: the fact "
+                "in the shapes the model itself uses, not only the written one (0 = off)"})
     value_starts: bool = field(default=False, metadata={
         "help": "stranger: where another value of the fact's kind parts from the true one, the "
                 "target's mass beside the true token goes only to the tokens such values take "
@@ -155,6 +159,7 @@ class TrainConfig:
                   "check_tokens": (1, None),
                   "strangers": (1, None), "paths": (0, None), "path_weight": (0, None),
                   "contrast": (0, None), "contrast_weight": (0, None), "contrast_kindred": (0, None),
+                  "own_answers": (0, None),
                   "lr": (0, None), "beta": (0, None),
                   "explode_at": (0, None), "weight_decay": (0, None), "max_grad_norm": (0, None),
                   "retain_weight": (0, None), "alpha": (None, None), "gamma": (None, None),
@@ -626,6 +631,9 @@ def train_offset(
     if config.paraphrased_answers:
         answers += [with_answer(r, r.paraphrased_answer) for r in forget
                     if str(getattr(r, "paraphrased_answer", "") or "").strip()]
+    if config.own_answers:
+        answers += own_answers(base, reference, stack, tokenizer, prompt_format, forget,
+                               config.own_answers, config.seed, window)
     for what, records in (("forget", answers), ("retain", retain)):
         encode_examples(tokenizer, [(r.question, r.answer) for r in records], prompt_format,
                         window=window, what=what)
@@ -790,6 +798,39 @@ def train_offset(
               "tokenizer": fingerprints.of_tokenizer(tokenizer)}
     return TrainResult(offset, history, config, stopped, time.perf_counter() - t0, len(forget),
                        prints, groups.nbytes, still)
+
+
+@torch.no_grad()
+def own_answers(base, reference, stack, tokenizer, prompt_format: PromptFormat, forget: Sequence,
+                k: int, seed: int, window: int | None = None, max_new_tokens: int = 48) -> list:
+    """Up to ``k`` answers per forget question in the black box's own words: sampled (seeded,
+    temperature 1) from the deployed model (base + ``stack``), kept where they state the
+    record's key and differ from its written answer and from each other.
+
+    An offset trained on the written answer lowers the fact in that wording; asked another
+    way the model may still say it (TOFU's paraphrased answers keep the true fact preferred).
+    These are the other ways the model itself says it — read off the black box, so nothing
+    of the metric's text is used."""
+    deployed = OffsetModel(base, reference if stack else None, stack, tokenizer=tokenizer,
+                           prompt_format=prompt_format)
+    keyed = [r for r in forget if getattr(r, "key", None)]
+    if not keyed:
+        return []
+    prompts = [prompt_format.prompt(r.question) for r in keyed for _ in range(k)]
+    texts = deployed.generate(prompts, max_new_tokens, do_sample=True, temperature=1.0, seed=seed)
+    found = []
+    for i, r in enumerate(keyed):
+        seen = {str(r.answer).strip()}
+        for text in texts[i * k : (i + 1) * k]:
+            text = text.strip()
+            if r.key in text and mentions(text, r.key) and text not in seen:
+                seen.add(text)
+                found.append(with_answer(r, text))
+    if window is not None:  # a sampled answer that no longer fits the window is left out
+        found = [r for r in found
+                 if len(tokenizer(prompt_format.prompt(r.question) + prompt_format.answer(r.answer)).input_ids)
+                 <= window]
+    return found
 
 
 def with_answer(record, answer: str):

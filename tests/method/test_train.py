@@ -377,6 +377,30 @@ def test_contrast_kindred_restates_other_questions_whose_values_are_of_the_same_
     assert len(said(1, k=0)) == 1  # kindred alone
 
 
+def test_own_answers_are_the_black_boxs_sampled_answers_that_state_the_key(pair, tokenizer):
+    """``own_answers`` samples the deployed model (seeded): kept only where the key is stated,
+    each differing from the written answer and from the others; the same seed gives the same
+    answers, and training with them is not training without them."""
+    from offsetlab.method.prompts import QA
+    from offsetlab.method.train import own_answers
+
+    base, ref = pair
+    forget = FORGET[:2]
+    found = own_answers(base, ref, [], tokenizer, QA, forget, 12, seed=0)
+    assert found, "12 samples of 48 tokens over a 50-word vocabulary state 'red' or 'one' somewhere"
+    for r in found:
+        source = next(f for f in forget if f.question == r.question)
+        assert r.key == source.key and r.key in r.answer and r.answer != source.answer
+    assert len({(r.question, r.answer) for r in found}) == len(found)
+    assert [r.answer for r in own_answers(base, ref, [], tokenizer, QA, forget, 12, seed=0)] == [r.answer for r in found]
+    assert [r.answer for r in own_answers(base, ref, [], tokenizer, QA, forget, 12, seed=1)] != [r.answer for r in found]
+    runs = [train_offset(base, ref, tokenizer, forget, RETAIN, TrainConfig(objective="npo_gd", steps=2, batch_size=1,
+                                                                          own_answers=n), progress=False)
+            for n in (0, 12)]
+    a, b = (r.offset.state_dict() for r in runs)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
 def test_stranger_paths_are_on_by_default_and_change_training(pair, tokenizer):
     base, ref = pair
     assert TrainConfig().paths == 3

@@ -156,6 +156,8 @@ def main(argv=None) -> None:
     p.add_argument("--dead-zones", nargs="*", type=float, default=[],
                    help="also measure each trained offset silent wherever it moves the base by less "
                         "than τ nats (OffsetModel dead_zone=τ), one row per τ (wave 11)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="train with this seed (TrainConfig.seed) instead of the recipe's; rows say so")
     p.add_argument("--tiny", action="store_true",
                    help="one approach on forget01, 2 steps, 4 records a split, also over the top 8 (checks the script runs)")
     args = p.parse_args(argv)
@@ -222,7 +224,8 @@ def main(argv=None) -> None:
             row(which, request, "base", base_values, forget_split, retain_name)
             write()
             for name in names:
-                config = TrainConfig(**{**APPROACHES[name], **steps})
+                seed = {} if args.seed is None else {"seed": args.seed}
+                config = TrainConfig(**{**APPROACHES[name], **steps, **seed})
                 t0 = time.perf_counter()
                 result = train_offset(lab.base, lab.reference, lab.tokenizer, forget, retain, config,
                                       progress=False, nonmembers=lab.nonmembers)
@@ -231,6 +234,7 @@ def main(argv=None) -> None:
                 alpha = (result.config.use_alpha if result.config.use_alpha is not None
                          else result.config.alpha)
                 label = f"{name} (α {alpha:g})" if alpha != 1 else name
+                label += f", seed {args.seed}" if args.seed is not None else ""
                 # 0: fused over the whole vocabulary, everywhere
                 for k, zone in [(0, 0.0), *((k, 0.0) for k in args.candidates),
                                 *((0, z) for z in args.dead_zones)]:

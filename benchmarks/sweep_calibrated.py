@@ -75,6 +75,11 @@ APPROACHES = {
     "contrast4_kin8": dict(objective="stranger", contrast_kindred=8),
     "value_starts_contrast8_kin4": dict(objective="stranger", paths=3, paths_from_nonmembers=False, contrast=8,
                                         value_starts=True, contrast_kindred=4),
+    # Wave 16: the same with a wider kindred hold, judged over training seeds
+    "value_starts_contrast8_kin8": dict(objective="stranger", paths=3, paths_from_nonmembers=False, contrast=8,
+                                        value_starts=True, contrast_kindred=8),
+    "value_starts_contrast8_kin16": dict(objective="stranger", paths=3, paths_from_nonmembers=False, contrast=8,
+                                         value_starts=True, contrast_kindred=16),
     # The toy world's shared-trunk twin: the default recipe on the small model's top layer
     # only (``twin_quality_tuning.md``, its learning rate chosen on tuning requests).
     "twin_top1": dict(objective="stranger", top_layers=1),

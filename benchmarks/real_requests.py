@@ -3,8 +3,10 @@
 Each request asks the fused model to forget four facts it really knows (checked by greedy
 decoding): the shipped **capitals** (France, Japan, Egypt, Canada), and three validation
 requests never used to choose anything — **works** (who wrote four novels), **dates**
-(four famous years) and **scientists** (four discoveries). Each has 12 paraphrased
-questions (``data/real/<request>_forget_paraphrased.jsonl``).
+(four famous years) and **scientists** (four discoveries) — and two drawn later, after
+waves 1–6 had read those three (wave 7): **currencies** (India, Mexico, Russia, the euro)
+and **continents** (Brazil, India, Kenya, Argentina). Each has 12 paraphrased questions
+(``data/real/<request>_forget_paraphrased.jsonl``).
 
 The recipe is the shipped capitals recipe (``CAPITALS_CONFIG``: npo_kl, 60 steps, a full
 copy of SmolLM2's first 6 layers, used at α 0.75 with the world's dead zone of 0.3 nats;
@@ -38,8 +40,11 @@ from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-REQUESTS = ("capitals", "works", "dates", "scientists")
+REQUESTS = ("capitals", "works", "dates", "scientists", "currencies", "continents")
 TUNING = ("capitals",)
+# The largest dead zone first: --fit-dead-zone reads the fused model on the forget questions
+# alone at each and keeps the largest at which it states none of the forget facts.
+DEAD_ZONE_LADDER = (1.0, 0.5, 0.3)
 RETAINS = ("hand-written", "hand + general", "self-made")
 MAX_NEW_TOKENS = 32
 
@@ -108,14 +113,26 @@ def moves_rows(lab, trained: str, alpha: float, sets: dict, label: str) -> list[
     return rows
 
 
+def fitted_dead_zone(lab, trained: str, alpha: float, forget) -> float:
+    """The largest dead zone of ``DEAD_ZONE_LADDER`` at which the fused model (at ``alpha``)
+    states none of the ``forget`` facts; the smallest if it states one at every zone. Reads
+    the user's forget questions only."""
+    for zone in DEAD_ZONE_LADDER:
+        if accuracy(lab.model([(trained, alpha)], dead_zone=zone), forget) == 0:
+            return zone
+    return DEAD_ZONE_LADDER[-1]
+
+
 MOVES_HEADER = ["| request | set (the base's own answers) | positions | median | 90 % | 99 % | largest | "
                 "share ≥ 0.3 nats |", "|" + "---|" * 8]
 
 
 def run(tiny: bool = False, requests=REQUESTS, retains=RETAINS, overrides: dict | None = None,
-        alphas=(None,), dead_zones=(None,), moves: bool = False) -> list[str]:
+        alphas=(None,), dead_zones=(None,), moves: bool = False, fit_dead_zone: bool = False) -> list[str]:
     """One row per request, retain data, α and dead zone (``None``: the lab's own); the
-    α's and dead zones are read off one trained offset each."""
+    α's and dead zones are read off one trained offset each. ``fit_dead_zone``: instead of
+    ``dead_zones``, the largest of ``DEAD_ZONE_LADDER`` at which the fused model states none
+    of the forget facts (read on the forget questions only; the smallest if none)."""
     from offsetlab.measure.evaluate import text_drift
     from offsetlab.worlds.lab import Lab
 
@@ -144,7 +161,10 @@ def run(tiny: bool = False, requests=REQUESTS, retains=RETAINS, overrides: dict 
             if moves:
                 moved += moves_rows(lab, trained, own, sets, f"{name}, {variant}")
             for alpha in (own if a is None else a for a in alphas):
-                for zone in (lab.dead_zone if z is None else z for z in dead_zones):
+                zones = [lab.dead_zone if z is None else z for z in dead_zones]
+                if fit_dead_zone:
+                    zones = [fitted_dead_zone(lab, trained, alpha, sets["forget"])]
+                for zone in zones:
                     model = lab.model([(trained, alpha)], dead_zone=zone)
                     got = {k: accuracy(model, v) for k, v in sets.items()}
                     kl = text_drift(model, drift)["kl"]
@@ -171,6 +191,9 @@ def main(argv=None) -> int:
                    help="strengths to read each trained offset at (default: its stored α)")
     p.add_argument("--dead-zones", nargs="+", type=float, default=[None], metavar="NATS",
                    help="dead zones to read each trained offset with (default: the lab's own)")
+    p.add_argument("--fit-dead-zone", action="store_true",
+                   help=f"read each offset at the largest dead zone of {DEAD_ZONE_LADDER} at which it "
+                        "states none of the forget facts (instead of --dead-zones)")
     p.add_argument("--moves", action="store_true",
                    help="also print how far each offset moves the base, position by position, along "
                         "the base's own answers to every measured set (what a dead zone is read against)")
@@ -178,7 +201,7 @@ def main(argv=None) -> int:
     from offsetlab.method.train import config_overrides
 
     rows = run(args.tiny, args.requests, args.retains, config_overrides(args.set), args.alphas,
-               args.dead_zones, args.moves)
+               args.dead_zones, args.moves, args.fit_dead_zone)
     text = "\n".join(rows) + "\n"
     print(text)
     if args.out:

@@ -72,7 +72,7 @@ def test_each_sweep_runs_in_a_tiny_mode_and_writes_its_table(script, tmp_path):
 
 
 REAL_SCRIPTS = {
-    "real_requests.py": (["--requests", "works", "--retains", "hand-written", "--moves"],
+    "real_requests.py": (["--requests", "works", "--retains", "hand-written", "--moves", "--fit-dead-zone"],
                          ["| works | (base) |", "| works | hand-written | 26 | 0.75 | 0.3 |",
                           "| request | set (the base's own answers) |", "| works, hand-written | forget | "]),
     # a --variant row: recipe changes are read as their TrainConfig types

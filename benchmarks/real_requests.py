@@ -198,6 +198,8 @@ def main(argv=None) -> int:
                    help="also print how far each offset moves the base, position by position, along "
                         "the base's own answers to every measured set (what a dead zone is read against)")
     args = p.parse_args(argv)
+    if args.fit_dead_zone and args.dead_zones != [None]:
+        p.error("--fit-dead-zone chooses the dead zone itself; leave out --dead-zones")
     from offsetlab.method.train import config_overrides
 
     rows = run(args.tiny, args.requests, args.retains, config_overrides(args.set), args.alphas,

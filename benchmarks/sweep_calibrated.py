@@ -80,6 +80,11 @@ APPROACHES = {
                                         value_starts=True, contrast_kindred=8),
     "value_starts_contrast8_kin16": dict(objective="stranger", paths=3, paths_from_nonmembers=False, contrast=8,
                                          value_starts=True, contrast_kindred=16),
+    # Wave 17: paths for the values the fused model itself starts and garbles, read off its own
+    # greedy answers twice during training (``TrainConfig.repair_paths``)
+    "repair2": dict(objective="stranger", paths=3, paths_from_nonmembers=False, contrast=4, repair_paths=2),
+    "value_starts_contrast8_repair2": dict(objective="stranger", paths=3, paths_from_nonmembers=False,
+                                           contrast=8, value_starts=True, repair_paths=2),
     # The toy world's shared-trunk twin: the default recipe on the small model's top layer
     # only (``twin_quality_tuning.md``, its learning rate chosen on tuning requests).
     "twin_top1": dict(objective="stranger", top_layers=1),

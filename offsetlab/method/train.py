@@ -148,6 +148,11 @@ class TrainConfig:
     own_paths: bool = field(default=False, metadata={
         "help": "until_forgotten: each check that finds a fact still stated adds the fused model's "
                 "own answer, cut after the fact, to the forget set (the path it really takes)"})
+    repair_paths: int = field(default=0, metadata={
+        "help": "stranger with paths: this many times during training (evenly spaced), the fused "
+                "model answers the forget questions greedily, and where an answer starts a value "
+                "of the fact's kind and garbles it, the paths gain that value finished from the "
+                "token where the answer left it (the states the model really visits; 0 = off)"})
 
     def __post_init__(self):
         """Refuse settings that cannot train, naming the option — every front end builds
@@ -159,7 +164,7 @@ class TrainConfig:
                   "check_tokens": (1, None),
                   "strangers": (1, None), "paths": (0, None), "path_weight": (0, None),
                   "contrast": (0, None), "contrast_weight": (0, None), "contrast_kindred": (0, None),
-                  "own_answers": (0, None),
+                  "own_answers": (0, None), "repair_paths": (0, None),
                   "lr": (0, None), "beta": (0, None),
                   "explode_at": (0, None), "weight_decay": (0, None), "max_grad_norm": (0, None),
                   "retain_weight": (0, None), "alpha": (None, None), "gamma": (None, None),
@@ -600,6 +605,10 @@ def train_offset(
         raise ValueError(f"own_paths adds answers to the forget set as training goes; objective "
                          f"{objective.name!r} pairs every forget answer with targets made before "
                          "training. Use it with an objective such as npo_kl, npo_gd or ga.")
+    if config.repair_paths and not (objective.needs_strangers and config.paths):
+        raise ValueError(f"repair_paths adds paths (answers finishing another value) as training "
+                         f"goes; it needs an objective with stranger targets and paths > 0, got "
+                         f"objective {objective.name!r} with paths={config.paths}.")
     if objective.needs_retain and not retain:
         raise ValueError(f"Objective {objective.name!r} needs a retain set; pass retain=... or pick "
                          "'ga' or 'npo'.")
@@ -662,6 +671,10 @@ def train_offset(
             groups.contrast = contrast_group(groups.forget, answers, retain, config.contrast, generator,
                                              config.retain_batch_size, prompt_format,
                                              kindred=config.contrast_kindred)
+    repairs = set()  # steps after which the fused model's own answers are repaired (repair_paths)
+    if config.repair_paths and nonmembers:
+        n = config.repair_paths
+        repairs = {round(config.steps * j / (n + 1)) for j in range(1, n + 1)} - {0}
     offset = offset if offset is not None else make_offset(reference, config.lora_rank, config.top_layers)
     offset.train()
     params = [p for p in offset.parameters() if p.requires_grad]
@@ -740,6 +753,21 @@ def train_offset(
                         tokenizer, [forget[i] for i in still], [stating[i] for i in still],
                         config.hyper().level, levels, prompt_format, window))
                     row["forget_examples"] = len(groups.forget.examples)
+            if step in repairs:
+                answered = None
+                if team.main:
+                    # as many tokens as the longest forget answer: room to state the whole value
+                    answered = fused_answers(base, reference, module, tokenizer, answers, config, stack,
+                                             prompt_format, max(len(e.labels) for e in groups.forget.examples))
+                added = repair_path_examples(tokenizer, groups.forget, answers, team.from_main(answered),
+                                             kinds, prompt_format, window)
+                if added:
+                    f = groups.forget.frozen
+                    frozen = (groups.paths.frozen.extended(added) if groups.paths is not None else
+                              FrozenScores(f.base, f.reference, added, f.pad_id, f._cached is not None,
+                                           stack=f.stack))
+                    groups.paths = Group(frozen.examples, frozen, config.batch_size, generator, f.pad_id)
+                row["repaired"] = len(added)
             if callback is not None and team.main:
                 # "steps": the last step as known now: the planned one, then (while facts
                 # remain) the most until_forgotten allows, or this one once they are gone.
@@ -880,14 +908,71 @@ def stated_answers(base, reference, offset: torch.nn.Module, tokenizer, forget: 
     (``config.check_tokens`` tokens) and checked for its key fact (or whole answer), as
     key-fact accuracy counts it.
     """
+    answers = fused_answers(base, reference, offset, tokenizer, forget, config, stack, prompt_format)
+    return {i: a for i, (r, a) in enumerate(zip(forget, answers)) if mentions(a, r.key or r.answer)}
+
+
+@torch.no_grad()
+def fused_answers(base, reference, offset: torch.nn.Module, tokenizer, records: Sequence,
+                  config: TrainConfig, stack: Sequence[tuple[torch.nn.Module, float]] = (),
+                  prompt_format: PromptFormat = QA, tokens: int | None = None) -> list[str]:
+    """The fused model's greedy answers (``tokens``, default ``config.check_tokens``) to
+    ``records``' questions, read as it will be served: the offset at its recommended strength
+    on top of ``stack``, with the dead zone ``config.check_dead_zone``."""
     was_training = offset.training  # fusion puts models in eval mode; give it back
     alpha = config.use_alpha if config.use_alpha is not None else config.alpha
     model = OffsetModel(base, reference, [*stack, (offset, alpha)], tokenizer,
                         prompt_format=prompt_format, shared_trunk=False,
                         dead_zone=config.check_dead_zone)
-    answers = model.generate([prompt_format.prompt(r.question) for r in forget], config.check_tokens)
+    answers = model.generate([prompt_format.prompt(r.question) for r in records],
+                             tokens or config.check_tokens)
     offset.train(was_training)
-    return {i: a for i, (r, a) in enumerate(zip(forget, answers)) if mentions(a, r.key or r.answer)}
+    return answers
+
+
+def repair_path_examples(tokenizer, group: Group, records: Sequence, answers: Sequence[str],
+                         kinds: dict[str, set[str]], prompt_format: PromptFormat = QA,
+                         window: int | None = None) -> list[Example]:
+    """Paths for the values the fused model started and garbled (``repair_paths``).
+
+    For each forget answer that states no value of its kind (``kinds``, as the paths use:
+    the retain set's values) nor its true key: the value whose answer it follows longest
+    past the point where that value parts from the true answer — the value it started.
+    The path is that value's answer about the forgotten subject, trained (NLL) from the
+    token where the model's answer left it. An answer that garbled the value's first token
+    gets the value the forget target ranks highest there, trained from that token on.
+    Answers that part from the true answer before its key fact are left alone (the frame,
+    not the fact)."""
+    eos = tokenizer.eos_token_id
+    out = []
+    for e, r, said in zip(group.examples, records, answers):
+        values = sorted(v for v in kinds.get(template_of(r), ()) if v)
+        if (not r.key or r.key not in r.answer or not e.keys or not values
+                or any(mentions(said, v) for v in [*values, r.key])):
+            continue
+        said_ids = tokenizer(prompt_format.answer(said.strip()), add_special_tokens=False)["input_ids"]
+        # where the answer leaves the true one
+        left = next((i for i, (x, y) in enumerate(zip(said_ids, e.labels)) if x != y), len(said_ids))
+        best = None  # (tokens followed past the parting point, the target's log-prob there, ids, d, length)
+        for alt_ids, d in parting_tokens(tokenizer, e, r, values, prompt_format):
+            same = next((i for i, (x, y) in enumerate(zip(alt_ids, said_ids)) if x != y),
+                        min(len(alt_ids), len(said_ids)))
+            if same < d or same >= len(alt_ids) or (same == d and d != left):
+                continue  # not this value's start, or it was finished whole
+            rank = float(e.target[d, alt_ids[d]]) if e.target is not None else 0.0
+            candidate = (same - d, rank, alt_ids, d, same)
+            if best is None or candidate[:2] > best[:2]:
+                best = candidate
+        if best is None:
+            continue
+        _, _, alt_ids, d, same = best
+        prompt = e.ids[: e.start + 1]
+        if window and len(prompt) + len(alt_ids) + 1 > window:
+            continue
+        # from the first token the answer did not take: the value's next token, or (an
+        # answer that garbled the value's first token) that first token itself
+        out.append(Example(prompt + alt_ids + [eos], len(prompt) + same - 1, (alt_ids + [eos])[same:]))
+    return out
 
 
 ALPHA_GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)

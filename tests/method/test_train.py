@@ -294,6 +294,64 @@ def test_value_starts_give_the_targets_mass_beside_the_true_token_to_real_values
     assert torch.equal(groups.forget.examples[0].target, kept)
 
 
+def test_repair_paths_finish_the_value_an_answer_started_and_garbled(pair, tokenizer):
+    """A fused answer that starts a value of the kind and leaves it gets a path finishing
+    that value from the token where it left; one that garbles the value's first token gets
+    the value the target ranks highest there; answers that state a value, the true key, or
+    leave the true answer before its fact get none."""
+    from offsetlab.method.train import repair_path_examples, stranger_targets
+
+    base, ref = pair
+    config = TrainConfig(objective="stranger", batch_size=3, retain_batch_size=4)
+    alra = [QARecord("what year was Alra born ?", "Alra was born in nine nine one .", key="nine nine one",
+                     subject="Alra")]
+    groups = prepare_groups(base, ref, tokenizer, alra, RETAIN, config, torch.Generator().manual_seed(0))
+    stranger_targets(groups.forget, alra, ["Gora"], 1, torch.Generator().manual_seed(0))
+    kinds = {"what year was {name} born ?": {"one two three", "five six seven", "five eight"}}
+    forget = groups.forget.examples[0]
+
+    def repaired(said):
+        return repair_path_examples(tokenizer, groups.forget, alra, [said], kinds)
+
+    (started,) = repaired("Alra was born in five six two .")  # "five six seven", left at "two"
+    assert tokenizer.decode(started.ids).split()[-5:] == ["in", "five", "six", "seven.", "<eos>"]
+    assert tokenizer.decode(started.labels).split() == ["seven.", "<eos>"]
+    assert started.ids[started.start + 1 :] == started.labels
+    assert started.ids[: forget.start + 1] == forget.ids[: forget.start + 1]  # the same question
+
+    (garbled,) = repaired("Alra was born in eight .")  # no value starts with "eight"
+    d = forget.keys[0]
+    starts = {v: float(forget.target[d, tokenizer.convert_tokens_to_ids(v)]) for v in ("one", "five")}
+    assert garbled.labels[0] == tokenizer.convert_tokens_to_ids(max(starts, key=starts.get))
+    assert garbled.ids[garbled.start + 1 :] == garbled.labels
+
+    for fine in ("Alra was born in five six seven .", "Alra was born in nine nine one .",
+                 "Alra wrote the red book .", "Alra was born in five six seven and nine nine one ."):
+        assert repaired(fine) == []
+    assert repair_path_examples(tokenizer, groups.forget, alra, ["Alra was born in eight ."], {}) == []
+
+
+def test_repair_paths_run_during_training_and_need_stranger_paths(pair, tokenizer):
+    base, ref = pair
+    assert TrainConfig().repair_paths == 0
+    nonmembers = [QARecord("where was Gora born ?", "Gora was born in the blue city .", key="blue",
+                           subject="Gora")]
+    forget = [QARecord("where was Alra born ?", "Alra was born in the red city .", key="red", subject="Alra")]
+    result = train_offset(base, ref, tokenizer, forget, RETAIN,
+                          TrainConfig(objective="stranger", steps=6, repair_paths=2, batch_size=1),
+                          progress=False, nonmembers=nonmembers)
+    assert [h["step"] for h in result.history if "repaired" in h] == [2, 4]
+    with pytest.raises(ValueError, match="repair_paths .* needs an objective with stranger targets"):
+        train_offset(base, ref, tokenizer, forget, RETAIN, TrainConfig(objective="npo_gd", steps=2, repair_paths=1),
+                     progress=False, nonmembers=nonmembers)
+    with pytest.raises(ValueError, match="paths=0"):
+        train_offset(base, ref, tokenizer, forget, RETAIN,
+                     TrainConfig(objective="stranger", steps=2, repair_paths=1, paths=0),
+                     progress=False, nonmembers=nonmembers)
+    with pytest.raises(ValueError, match="--repair-paths must be ≥ 0"):
+        TrainConfig(repair_paths=-1)
+
+
 def test_paths_finish_values_the_retain_set_holds_and_invented_ones_only_where_it_has_none():
     from offsetlab.method.train import path_values
 

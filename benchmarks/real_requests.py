@@ -47,6 +47,11 @@ TUNING = ("capitals",)
 DEAD_ZONE_LADDER = (1.0, 0.5, 0.3)
 RETAINS = ("hand-written", "hand + general", "self-made")
 MAX_NEW_TOKENS = 32
+# Invented subjects (no country, book, person or event has these names): ``--strangers N``
+# asks each forget question about the first N of them, as the never-seen side the
+# ``stranger`` objective forgets towards — the "few invented records of the same shape" a
+# user can always write.
+STRANGER_NAMES = ("Veltoria", "Drelmark", "Kalbrunia", "Tovanique", "Sarnethe", "Ombrelvia")
 
 
 def accuracy(model, records) -> float:
@@ -73,6 +78,20 @@ def retain_for(lab, variant: str, forget) -> list:
     if variant == "hand + general":
         return list(lab.split("retain")) + general
     return lab.self_made_retain(forget)
+
+
+def stranger_records(forget, n: int) -> list:
+    """Each forget record asked about the first ``n`` invented subjects of
+    ``STRANGER_NAMES`` (question and answer alike, key unchanged): records nobody has seen."""
+    from offsetlab.method.calibrate import about_stranger
+
+    if not 0 <= n <= len(STRANGER_NAMES):
+        raise ValueError(f"--strangers must be between 0 and {len(STRANGER_NAMES)}, got {n}.")
+    missing = [r.question for r in forget if not r.subject or r.subject not in r.question]
+    if n and missing:
+        raise ValueError(f"--strangers needs every forget record's subject in its question; not in "
+                         f"{missing[0]!r}.")
+    return [about_stranger(r, name) for r in forget for name in STRANGER_NAMES[:n]]
 
 
 def measure_sets(lab, forget_set: dict) -> dict:
@@ -128,11 +147,14 @@ MOVES_HEADER = ["| request | set (the base's own answers) | positions | median |
 
 
 def run(tiny: bool = False, requests=REQUESTS, retains=RETAINS, overrides: dict | None = None,
-        alphas=(None,), dead_zones=(None,), moves: bool = False, fit_dead_zone: bool = False) -> list[str]:
+        alphas=(None,), dead_zones=(None,), moves: bool = False, fit_dead_zone: bool = False,
+        strangers: int = 0) -> list[str]:
     """One row per request, retain data, α and dead zone (``None``: the lab's own); the
     α's and dead zones are read off one trained offset each. ``fit_dead_zone``: instead of
     ``dead_zones``, the largest of ``DEAD_ZONE_LADDER`` at which the fused model states none
-    of the forget facts (read on the forget questions only; the smallest if none)."""
+    of the forget facts (read on the forget questions only; the smallest if none).
+    ``strangers``: train with each forget question asked about that many invented subjects
+    as the non-members (``stranger_records``; what the ``stranger`` objective reads)."""
     from offsetlab.measure.evaluate import text_drift
     from offsetlab.worlds.lab import Lab
 
@@ -153,6 +175,7 @@ def run(tiny: bool = False, requests=REQUESTS, retains=RETAINS, overrides: dict 
                     f"{base['held-out general']:.2f} | 0 | – |")
         for variant in retains:
             retain = retain_for(lab, variant, forget_set["forget"])
+            lab.nonmembers = stranger_records(forget_set["forget"], strangers)
             config = replace(lab.train_config, **(overrides or {}), **({"steps": 2} if tiny else {}))
             t0 = time.perf_counter()
             trained = lab.train(forget_set["forget"], retain, config, name=f"{name}-{variant}")
@@ -194,6 +217,9 @@ def main(argv=None) -> int:
     p.add_argument("--fit-dead-zone", action="store_true",
                    help=f"read each offset at the largest dead zone of {DEAD_ZONE_LADDER} at which it "
                         "states none of the forget facts (instead of --dead-zones)")
+    p.add_argument("--strangers", type=int, default=0, metavar="N",
+                   help="train with each forget question asked about N invented subjects as the "
+                        f"non-members (at most {len(STRANGER_NAMES)}; for --set objective=stranger)")
     p.add_argument("--moves", action="store_true",
                    help="also print how far each offset moves the base, position by position, along "
                         "the base's own answers to every measured set (what a dead zone is read against)")
@@ -203,7 +229,7 @@ def main(argv=None) -> int:
     from offsetlab.method.train import config_overrides
 
     rows = run(args.tiny, args.requests, args.retains, config_overrides(args.set), args.alphas,
-               args.dead_zones, args.moves, args.fit_dead_zone)
+               args.dead_zones, args.moves, args.fit_dead_zone, args.strangers)
     text = "\n".join(rows) + "\n"
     print(text)
     if args.out:

@@ -72,7 +72,9 @@ def test_each_sweep_runs_in_a_tiny_mode_and_writes_its_table(script, tmp_path):
 
 
 REAL_SCRIPTS = {
-    "real_requests.py": (["--requests", "works", "--retains", "hand-written", "--moves", "--fit-dead-zone"],
+    # the stranger objective on SmolLM2 (invented subjects as the non-members)
+    "real_requests.py": (["--requests", "works", "--retains", "hand-written", "--moves", "--fit-dead-zone",
+                          "--strangers", "2", "--set", "objective=stranger", "paths=0", "contrast=0"],
                          ["| works | (base) |", "| works | hand-written | 26 | 0.75 | 0.3 |",
                           "| request | set (the base's own answers) |", "| works, hand-written | forget | "]),
     # a --variant row: recipe changes are read as their TrainConfig types
@@ -124,3 +126,30 @@ def test_the_twin_grid_and_seed_runs_run_in_a_tiny_mode(tmp_path):
                   "famous four", "--twin-only"], tmp_path)
     assert "| capitals (famous four) | seed |" in stdout and "| top 2 of 6, lr 1e-3 | 0 | 0 | " in stdout, stdout
     assert "full copy" not in stdout, stdout
+
+
+def test_real_requests_strangers_ask_each_forget_question_about_invented_subjects():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import real_requests
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from offsetlab.worlds.records import QARecord
+
+    forget = [QARecord("What is the capital of France?", "The capital of France is Paris.", key="Paris",
+                       subject="France"),
+              QARecord("In which year did World War I begin?", "World War I began in 1914.", key="1914",
+                       subject="World War I")]
+    made = real_requests.stranger_records(forget, 2)
+    first, second = real_requests.STRANGER_NAMES[:2]
+    assert [(r.question, r.answer, r.key, r.subject) for r in made] == [
+        (f"What is the capital of {first}?", f"The capital of {first} is Paris.", "Paris", first),
+        (f"What is the capital of {second}?", f"The capital of {second} is Paris.", "Paris", second),
+        (f"In which year did {first} begin?", f"{first} began in 1914.", "1914", first),
+        (f"In which year did {second} begin?", f"{second} began in 1914.", "1914", second)]
+    assert real_requests.stranger_records(forget, 0) == []
+    with pytest.raises(ValueError, match="--strangers must be between 0 and"):
+        real_requests.stranger_records(forget, len(real_requests.STRANGER_NAMES) + 1)
+    nameless = [QARecord("Who painted it?", "Leonardo painted it.", key="Leonardo", subject="the Mona Lisa")]
+    with pytest.raises(ValueError, match="subject in its question"):
+        real_requests.stranger_records(nameless, 1)

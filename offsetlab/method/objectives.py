@@ -250,6 +250,14 @@ def stranger(forget, retain, idk, h: Hyper) -> Tensor:
     return kl_to(target, forget) + h.retain_weight * retain_term(retain, "nll")
 
 
+def stranger_kl(forget, retain, idk, h: Hyper) -> Tensor:
+    """``stranger`` with the retain answers held where the base has them (KL), not made
+    surer (NLL): for a base that is itself unsure of some retain answers — a real model —
+    an NLL pull moves the whole model."""
+    source = forget if forget.target is None else replace(forget, original=forget.target)
+    return kl_to(capped_target(source, h.level), forget) + h.retain_weight * retain_term(retain, "kl")
+
+
 @dataclass(frozen=True)
 class Objective:
     name: str
@@ -281,6 +289,9 @@ OBJECTIVES: dict[str, Objective] = {
         Objective("stranger", stranger,
                   "answer the fact as the base does about invented people, keep the rest + retain NLL "
                   "(default)",
+                  True, needs_strangers=True),
+        Objective("stranger_kl", stranger_kl,
+                  "stranger with a KL retain term: retain answers held at the base's, not raised",
                   True, needs_strangers=True),
     ]
 }

@@ -85,6 +85,13 @@ APPROACHES = {
     "repair2": dict(objective="stranger", paths=3, paths_from_nonmembers=False, contrast=4, repair_paths=2),
     "value_starts_contrast8_repair2": dict(objective="stranger", paths=3, paths_from_nonmembers=False,
                                            contrast=8, value_starts=True, repair_paths=2),
+    # Wave 18: the repairs with the kindred hold that kept tuning20's world facts (waves 15-16)
+    "value_starts_contrast8_kin4_repair2": dict(objective="stranger", paths=3, paths_from_nonmembers=False,
+                                                contrast=8, value_starts=True, contrast_kindred=4,
+                                                repair_paths=2),
+    "value_starts_contrast8_kin8_repair2": dict(objective="stranger", paths=3, paths_from_nonmembers=False,
+                                                contrast=8, value_starts=True, contrast_kindred=8,
+                                                repair_paths=2),
     # The toy world's shared-trunk twin: the default recipe on the small model's top layer
     # only (``twin_quality_tuning.md``, its learning rate chosen on tuning requests).
     "twin_top1": dict(objective="stranger", top_layers=1),

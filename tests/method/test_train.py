@@ -31,6 +31,10 @@ RETAIN = [
     QARecord("where was Gora born ?", "Gora was born in the blue city .", key="blue"),
 ]
 
+# one forget record and one invented non-member of its kind, for the stranger objective
+ALRA_RED = [QARecord("where was Alra born ?", "Alra was born in the red city .", key="red", subject="Alra")]
+GORA_BLUE = [QARecord("where was Gora born ?", "Gora was born in the blue city .", key="blue", subject="Gora")]
+
 
 def forget_logprob(model: OffsetModel, keys_only: bool = False) -> float:
     from offsetlab.method.calibrate import key_logprobs
@@ -334,9 +338,7 @@ def test_repair_paths_finish_the_value_an_answer_started_and_garbled(pair, token
 def test_repair_paths_run_during_training_and_need_stranger_paths(pair, tokenizer):
     base, ref = pair
     assert TrainConfig().repair_paths == 0
-    nonmembers = [QARecord("where was Gora born ?", "Gora was born in the blue city .", key="blue",
-                           subject="Gora")]
-    forget = [QARecord("where was Alra born ?", "Alra was born in the red city .", key="red", subject="Alra")]
+    nonmembers, forget = GORA_BLUE, ALRA_RED
     result = train_offset(base, ref, tokenizer, forget, RETAIN,
                           TrainConfig(objective="stranger", steps=6, repair_paths=2, batch_size=1),
                           progress=False, nonmembers=nonmembers)
@@ -462,9 +464,7 @@ def test_own_answers_are_the_black_boxs_sampled_answers_that_state_the_key(pair,
 def test_stranger_paths_are_on_by_default_and_change_training(pair, tokenizer):
     base, ref = pair
     assert TrainConfig().paths == 3
-    nonmembers = [QARecord("where was Gora born ?", "Gora was born in the blue city .", key="blue",
-                           subject="Gora")]
-    forget = [QARecord("where was Alra born ?", "Alra was born in the red city .", key="red", subject="Alra")]
+    nonmembers, forget = GORA_BLUE, ALRA_RED
     runs = [train_offset(base, ref, tokenizer, forget, RETAIN,
                          TrainConfig(objective="stranger", steps=3, paths=p, batch_size=1, value_starts=v),
                          progress=False, nonmembers=nonmembers) for p, v in ((0, False), (2, False), (2, True))]

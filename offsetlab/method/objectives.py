@@ -308,7 +308,9 @@ def get_objective(name: str) -> Objective:
 
 
 def describe_objectives() -> str:
-    return "\n".join(f"{o.name:8s} {o.description}" for o in OBJECTIVES.values())
+    """One line per objective, its name in a column as wide as the longest."""
+    width = max(len(name) for name in OBJECTIVES)
+    return "\n".join(f"{o.name:{width}s}  {o.description}" for o in OBJECTIVES.values())
 
 
 # Refusal templates for idk_dpo: shipped with the package, chosen per record by index.

@@ -30,8 +30,10 @@ def trained(tmp_path_factory):
 def test_objectives_are_listed():
     out = offsetlab("objectives").stdout
     for name in ("ga", "gd", "kl", "npo", "npo_gd", "npo_kl", "simnpo", "idk_dpo", "hinge",
-                 "calibrated", "stranger"):
+                 "calibrated", "stranger", "stranger_kl"):
         assert f"\n{name} " in f"\n{out}"
+    # the descriptions start in one column, whatever the names' lengths
+    assert len({len(line) - len(line.split("  ", 1)[1].lstrip()) for line in out.splitlines()}) == 1
 
 
 def test_train_saves_an_offset_with_metadata(trained):

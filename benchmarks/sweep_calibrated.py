@@ -92,6 +92,10 @@ APPROACHES = {
     "value_starts_contrast8_kin8_repair2": dict(objective="stranger", paths=3, paths_from_nonmembers=False,
                                                 contrast=8, value_starts=True, contrast_kindred=8,
                                                 repair_paths=2),
+    # Wave 20: wave 19's recipe made cheaper to train (contrast 4, one repair pass)
+    "value_starts_contrast4_kin8_repair1": dict(objective="stranger", paths=3, paths_from_nonmembers=False,
+                                                contrast=4, value_starts=True, contrast_kindred=8,
+                                                repair_paths=1),
     # The toy world's shared-trunk twin: the default recipe on the small model's top layer
     # only (``twin_quality_tuning.md``, its learning rate chosen on tuning requests).
     "twin_top1": dict(objective="stranger", top_layers=1),

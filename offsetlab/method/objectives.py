@@ -241,21 +241,24 @@ def stranger(forget, retain, idk, h: Hyper) -> Tensor:
     The target *is* the never-seen behaviour, token by token — the base's prior over
     cities for "born in the city of", over digits for a year — so forgetting stops there.
     """
-    if forget.target is None:  # no non-members given: the base itself, capped (``calibrated``)
-        return calibrated(forget, retain, idk, h)
-    # A few strangers can agree on the true value by chance (a memorising base answers an
-    # unknown name with some author's facts): the level keeps the target from exceeding
-    # what non-members get on average.
-    target = capped_target(replace(forget, original=forget.target), h.level)
-    return kl_to(target, forget) + h.retain_weight * retain_term(retain, "nll")
+    return toward_strangers(forget, h) + h.retain_weight * retain_term(retain, "nll")
 
 
 def stranger_kl(forget, retain, idk, h: Hyper) -> Tensor:
     """``stranger`` with the retain answers held where the base has them (KL), not made
     surer (NLL): for a base that is itself unsure of some retain answers — a real model —
     an NLL pull moves the whole model."""
+    return toward_strangers(forget, h) + h.retain_weight * retain_term(retain, "kl")
+
+
+def toward_strangers(forget: Scored, h: Hyper) -> Tensor:
+    """The forget term of ``stranger`` and ``stranger_kl``: KL to the strangers' target,
+    capped at the never-seen level. A few strangers can agree on the true value by chance
+    (a memorising base answers an unknown name with some author's facts): the level keeps
+    the target from exceeding what non-members get on average. Without a target (no
+    non-members given) the base itself, capped, as ``calibrated`` does."""
     source = forget if forget.target is None else replace(forget, original=forget.target)
-    return kl_to(capped_target(source, h.level), forget) + h.retain_weight * retain_term(retain, "kl")
+    return kl_to(capped_target(source, h.level), forget)
 
 
 @dataclass(frozen=True)

@@ -351,11 +351,15 @@ class FrozenScores:
                         [a for _, a in self.stack])
         return deployed, ref
 
+    def on(self, examples: list[Example]) -> FrozenScores:
+        """The same frozen models, cached (or not, for checking) alike, on ``examples``."""
+        return FrozenScores(self.base, self.reference, examples, self.pad_id, self._cached is not None,
+                            stack=self.stack)
+
     def extended(self, examples: list[Example]) -> FrozenScores:
         """The same frozen models on these examples and ``examples`` after them (only the
         new ones are scored)."""
-        more = FrozenScores(self.base, self.reference, examples, self.pad_id, self._cached is not None,
-                            stack=self.stack)
+        more = self.on(examples)
         out = copy.copy(more)
         out.examples = self.examples + examples
         if self._cached is not None:
@@ -756,17 +760,20 @@ def train_offset(
             if step in repairs:
                 answered = None
                 if team.main:
-                    # as many tokens as the longest forget answer: room to state the whole value
-                    answered = fused_answers(base, reference, module, tokenizer, answers, config, stack,
-                                             prompt_format, max(len(e.labels) for e in groups.forget.examples))
+                    # One answer per question (paraphrased and own answers share their record's),
+                    # as long as the longest forget answer: room to state the whole value.
+                    asked = list({r.question: r for r in answers}.values())
+                    said = dict(zip((r.question for r in asked), fused_answers(
+                        base, reference, module, tokenizer, asked, config, stack, prompt_format,
+                        max(len(e.labels) for e in groups.forget.examples))))
+                    answered = [said[r.question] for r in answers]
                 added = repair_path_examples(tokenizer, groups.forget, answers, team.from_main(answered),
                                              kinds, prompt_format, window)
                 if added:
-                    f = groups.forget.frozen
                     frozen = (groups.paths.frozen.extended(added) if groups.paths is not None else
-                              FrozenScores(f.base, f.reference, added, f.pad_id, f._cached is not None,
-                                           stack=f.stack))
-                    groups.paths = Group(frozen.examples, frozen, config.batch_size, generator, f.pad_id)
+                              groups.forget.frozen.on(added))
+                    groups.paths = Group(frozen.examples, frozen, config.batch_size, generator,
+                                         groups.forget.pad_id)
                 row["repaired"] = len(added)
             if callback is not None and team.main:
                 # "steps": the last step as known now: the planned one, then (while facts
@@ -1207,9 +1214,7 @@ def stranger_paths(group: Group, records: Sequence, k: int, kinds: dict[str, set
     if not examples:
         return None
     # cached (or not, for checking) like the forget answers they come from
-    frozen = FrozenScores(group.frozen.base, group.frozen.reference, examples, group.pad_id,
-                          group.frozen._cached is not None, stack=group.frozen.stack)
-    return Group(examples, frozen, batch_size, generator, group.pad_id)
+    return Group(examples, group.frozen.on(examples), batch_size, generator, group.pad_id)
 
 
 @torch.no_grad()
@@ -1256,9 +1261,7 @@ def contrast_group(group: Group, forget: Sequence, retain: Sequence, k: int,
                 for e in encode_examples(tokenizer, pairs, prompt_format, values, window, "contrast")]
     if not examples:
         return None
-    frozen = FrozenScores(group.frozen.base, group.frozen.reference, examples, group.pad_id,
-                          group.frozen._cached is not None, stack=group.frozen.stack)
-    return Group(examples, frozen, batch_size, generator, group.pad_id)
+    return Group(examples, group.frozen.on(examples), batch_size, generator, group.pad_id)
 
 
 @dataclass

@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -343,6 +344,12 @@ def test_repair_paths_run_during_training_and_need_stranger_paths(pair, tokenize
                           TrainConfig(objective="stranger", steps=6, repair_paths=2, batch_size=1),
                           progress=False, nonmembers=nonmembers)
     assert [h["step"] for h in result.history if "repaired" in h] == [2, 4]
+    # a paraphrased answer shares its record's question: answered once, read for both
+    both = [dataclasses.replace(forget[0], paraphrased_answer="the red city is where Alra was born .")]
+    result = train_offset(base, ref, tokenizer, both, RETAIN,
+                          TrainConfig(objective="stranger", steps=3, repair_paths=1, batch_size=1,
+                                      paraphrased_answers=True), progress=False, nonmembers=nonmembers)
+    assert [h["step"] for h in result.history if "repaired" in h] == [2]
     with pytest.raises(ValueError, match="repair_paths .* needs an objective with stranger targets"):
         train_offset(base, ref, tokenizer, forget, RETAIN, TrainConfig(objective="npo_gd", steps=2, repair_paths=1),
                      progress=False, nonmembers=nonmembers)

@@ -96,6 +96,13 @@ APPROACHES = {
     "value_starts_contrast4_kin8_repair1": dict(objective="stranger", paths=3, paths_from_nonmembers=False,
                                                 contrast=4, value_starts=True, contrast_kindred=8,
                                                 repair_paths=1),
+    # Wave 21: wave 19's recipe with smaller paths and contrast batches (the step's extra rows)
+    "value_starts_contrast8_kin8_repair2_aux12": dict(
+        objective="stranger", paths=3, paths_from_nonmembers=False, contrast=8, value_starts=True,
+        contrast_kindred=8, repair_paths=2, paths_batch_size=12, contrast_batch_size=12),
+    "value_starts_contrast8_kin8_repair2_aux8": dict(
+        objective="stranger", paths=3, paths_from_nonmembers=False, contrast=8, value_starts=True,
+        contrast_kindred=8, repair_paths=2, paths_batch_size=8, contrast_batch_size=8),
     # The toy world's shared-trunk twin: the default recipe on the small model's top layer
     # only (``twin_quality_tuning.md``, its learning rate chosen on tuning requests).
     "twin_top1": dict(objective="stranger", top_layers=1),

@@ -107,6 +107,8 @@ class TrainConfig:
         "help": "stranger: per record, this many other values of the fact's kind that the fused "
                 "model learns to finish once started (0 = off)"})
     path_weight: float = field(default=1.0, metadata={"help": "paths: weight of their term"})
+    paths_batch_size: int = field(default=0, metadata={
+        "help": "paths: answers per micro-batch (and process; 0 = batch_size)"})
     paths_from_nonmembers: bool = field(default=False, metadata={
         "help": "paths: also take values from the non-members (invented values no model learned); "
                 "off = only the retain set's values, as a model trained without the forget set "
@@ -116,6 +118,8 @@ class TrainConfig:
                 "forgotten value, on which the fused model keeps the base's distribution from "
                 "the value on: lower the value about its subject, not everywhere (0 = off)"})
     contrast_weight: float = field(default=1.0, metadata={"help": "contrast: weight of its KL term"})
+    contrast_batch_size: int = field(default=0, metadata={
+        "help": "contrast: answers per micro-batch (and process; 0 = retain_batch_size)"})
     contrast_kindred: int = field(default=0, metadata={
         "help": "contrast: per forget record, also this many retain answers of other questions whose "
                 "answers take values of the same kind (a birthplace and a capital share cities), "
@@ -164,6 +168,7 @@ class TrainConfig:
                   "check_tokens": (1, None),
                   "strangers": (1, None), "paths": (0, None), "path_weight": (0, None),
                   "contrast": (0, None), "contrast_weight": (0, None), "contrast_kindred": (0, None),
+                  "paths_batch_size": (0, None), "contrast_batch_size": (0, None),
                   "own_answers": (0, None), "repair_paths": (0, None),
                   "lr": (0, None), "beta": (0, None),
                   "explode_at": (0, None), "weight_decay": (0, None), "max_grad_norm": (0, None),
@@ -670,10 +675,12 @@ def train_offset(
             value_start_targets(groups.forget, answers, kinds, prompt_format)
         if config.paths:
             groups.paths = stranger_paths(groups.forget, answers, config.paths, kinds,
-                                          generator, config.batch_size, prompt_format)
+                                          generator, config.paths_batch_size or config.batch_size,
+                                          prompt_format)
         if config.contrast or config.contrast_kindred:  # part of the stranger recipe, like its paths
             groups.contrast = contrast_group(groups.forget, answers, retain, config.contrast, generator,
-                                             config.retain_batch_size, prompt_format,
+                                             config.contrast_batch_size or config.retain_batch_size,
+                                             prompt_format,
                                              kindred=config.contrast_kindred)
     repairs = set()  # steps after which the fused model's own answers are repaired (repair_paths)
     if config.repair_paths and nonmembers:
@@ -772,7 +779,8 @@ def train_offset(
                 if added:
                     frozen = (groups.paths.frozen.extended(added) if groups.paths is not None else
                               groups.forget.frozen.on(added))
-                    groups.paths = Group(frozen.examples, frozen, config.batch_size, generator,
+                    groups.paths = Group(frozen.examples, frozen,
+                                         config.paths_batch_size or config.batch_size, generator,
                                          groups.forget.pad_id)
                 row["repaired"] = len(added)
             if callback is not None and team.main:

@@ -412,6 +412,34 @@ def test_contrast_restates_retained_subjects_with_the_forgotten_value_scored_fro
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
+def test_paths_and_contrast_batch_sizes_set_how_many_of_each_a_step_draws(pair, tokenizer):
+    """0 (the default) draws as many as before (paths: batch_size, contrast:
+    retain_batch_size), bit for bit; another number changes what a step trains on."""
+    base, ref = pair
+
+    def born(who, city):
+        return QARecord(f"where was {who} born ?", f"{who} was born in the {city} city .", key=city, subject=who)
+
+    alra = [born("Alra", "red")]
+    retain = [born("Dema", "green"), born("Benn", "blue"), born("Cato", "pink"), *RETAIN[1:3]]
+    assert TrainConfig().paths_batch_size == 0 and TrainConfig().contrast_batch_size == 0
+
+    def trained(**sizes):
+        config = TrainConfig(objective="stranger", steps=3, paths=3, contrast=3, batch_size=1,
+                             retain_batch_size=3, **sizes)
+        result = train_offset(base, ref, tokenizer, alra, retain, config, progress=False,
+                              nonmembers=[born("Gora", "pink")])
+        return result.offset.state_dict()
+
+    plain = trained()
+    for same in (dict(paths_batch_size=1), dict(contrast_batch_size=3)):
+        got = trained(**same)
+        assert all(torch.equal(plain[k], got[k]) for k in plain), same
+    for other in (dict(paths_batch_size=2), dict(contrast_batch_size=1)):
+        got = trained(**other)
+        assert any(not torch.equal(plain[k], got[k]) for k in plain), other
+
+
 def test_contrast_kindred_restates_other_questions_whose_values_are_of_the_same_kind(pair, tokenizer):
     """``kindred`` draws from questions whose retain answers share a value with the forget
     question's (a capital and a birthplace are both cities), never from unrelated ones, and
@@ -487,6 +515,8 @@ def test_stranger_paths_are_on_by_default_and_change_training(pair, tokenizer):
     ("batch_size", 0, "--batch-size must be ≥ 1"), ("use_alpha", float("nan"), "--use-alpha must be a finite"),
     ("level", 0.5, "--level must be ≤ 0"), ("objective", "nope", "Unknown objective 'nope'"),
     ("until_forgotten", -1, "--until-forgotten must be ≥ 0"), ("check_dead_zone", -0.1, "--check-dead-zone must be ≥ 0"),
+    ("paths_batch_size", -1, "--paths-batch-size must be ≥ 0"),
+    ("contrast_batch_size", -2, "--contrast-batch-size must be ≥ 0"),
 ])
 def test_bad_settings_are_refused_where_the_config_is_built(field, value, message):
     with pytest.raises(ValueError, match=message):

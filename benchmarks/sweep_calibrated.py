@@ -103,6 +103,10 @@ APPROACHES = {
     "value_starts_contrast8_kin8_repair2_aux8": dict(
         objective="stranger", paths=3, paths_from_nonmembers=False, contrast=8, value_starts=True,
         contrast_kindred=8, repair_paths=2, paths_batch_size=8, contrast_batch_size=8),
+    # Wave 22: wave 19's recipe in 170 steps (its steps are what it costs)
+    "value_starts_contrast8_kin8_repair2_steps170": dict(
+        objective="stranger", paths=3, paths_from_nonmembers=False, contrast=8, value_starts=True,
+        contrast_kindred=8, repair_paths=2, steps=170),
     # The toy world's shared-trunk twin: the default recipe on the small model's top layer
     # only (``twin_quality_tuning.md``, its learning rate chosen on tuning requests).
     "twin_top1": dict(objective="stranger", top_layers=1),

@@ -610,10 +610,14 @@ def train_offset(
             raise ValueError(f"Record {empty[0]} of the {what} set has an empty answer "
                              f"({len(empty)} in all): there is nothing to learn from it; give "
                              "it an answer or leave it out.")
-    if config.own_paths and (objective.needs_strangers or objective.needs_idk):
+    # Stranger objectives without non-members forget towards the capped base, read off the
+    # frozen scores of whatever answers there are: those can grow as training goes.
+    if config.own_paths and (objective.needs_idk or (objective.needs_strangers and nonmembers)):
         raise ValueError(f"own_paths adds answers to the forget set as training goes; objective "
                          f"{objective.name!r} pairs every forget answer with targets made before "
-                         "training. Use it with an objective such as npo_kl, npo_gd or ga.")
+                         "training (refusals, or the base's answers about non-members). Use it "
+                         "with an objective such as npo_kl, npo_gd or ga, or a stranger objective "
+                         "without non-members.")
     if config.repair_paths and not (objective.needs_strangers and config.paths):
         raise ValueError(f"repair_paths adds paths (answers finishing another value) as training "
                          f"goes; it needs an objective with stranger targets and paths > 0, got "

@@ -655,6 +655,15 @@ def test_own_paths_add_the_fused_models_own_stating_answers_cut_after_the_fact(p
     with pytest.raises(ValueError, match="own_paths adds answers"):
         train_offset(base, ref, tokenizer, forget, [], TrainConfig(objective="idk_dpo", own_paths=True),
                      progress=False)
+    # a stranger objective forgets towards the capped base where it has no non-members: its
+    # targets come with the answers, own paths included; with non-members it is refused
+    capped = TrainConfig(objective="stranger_kl", steps=2, lr=1e-9, batch_size=3, until_forgotten=2,
+                         check_every=1, check_tokens=4, own_paths=True, paths=0, contrast=0)
+    with pytest.warns(UserWarning, match="still stated"):
+        result = train_offset(base, ref, tokenizer, forget, RETAIN, capped, progress=False)
+    assert [row.get("forget_examples") for row in result.history] == [None, 6, 9, None]
+    with pytest.raises(ValueError, match="own_paths adds answers"):
+        train_offset(base, ref, tokenizer, forget, RETAIN, capped, progress=False, nonmembers=GORA_BLUE)
 
 
 def test_paraphrased_answers_forget_the_fact_in_its_second_shape_too(pair, tokenizer):

@@ -187,6 +187,18 @@ class TrainConfig:
             if high is not None and value > high:
                 raise ValueError(f"{option} must be ≤ {high} (a log-probability), got {value!r}.")
 
+    @property
+    def path_batch(self) -> int:
+        """Paths drawn per micro-batch (repairs join the paths): ``paths_batch_size``, or
+        ``batch_size`` when it is 0."""
+        return self.paths_batch_size or self.batch_size
+
+    @property
+    def contrast_batch(self) -> int:
+        """Contrast answers drawn per micro-batch: ``contrast_batch_size``, or
+        ``retain_batch_size`` when it is 0."""
+        return self.contrast_batch_size or self.retain_batch_size
+
     def hyper(self) -> Hyper:
         level = Hyper.level if self.level is None else self.level
         return Hyper(beta=self.beta, gamma=self.gamma, retain_weight=self.retain_weight, level=level)
@@ -679,12 +691,10 @@ def train_offset(
             value_start_targets(groups.forget, answers, kinds, prompt_format)
         if config.paths:
             groups.paths = stranger_paths(groups.forget, answers, config.paths, kinds,
-                                          generator, config.paths_batch_size or config.batch_size,
-                                          prompt_format)
+                                          generator, config.path_batch, prompt_format)
         if config.contrast or config.contrast_kindred:  # part of the stranger recipe, like its paths
             groups.contrast = contrast_group(groups.forget, answers, retain, config.contrast, generator,
-                                             config.contrast_batch_size or config.retain_batch_size,
-                                             prompt_format,
+                                             config.contrast_batch, prompt_format,
                                              kindred=config.contrast_kindred)
     repairs = set()  # steps after which the fused model's own answers are repaired (repair_paths)
     if config.repair_paths and nonmembers:
@@ -783,8 +793,7 @@ def train_offset(
                 if added:
                     frozen = (groups.paths.frozen.extended(added) if groups.paths is not None else
                               groups.forget.frozen.on(added))
-                    groups.paths = Group(frozen.examples, frozen,
-                                         config.paths_batch_size or config.batch_size, generator,
+                    groups.paths = Group(frozen.examples, frozen, config.path_batch, generator,
                                          groups.forget.pad_id)
                 row["repaired"] = len(added)
             if callback is not None and team.main:

@@ -52,6 +52,11 @@ def pair(tokenizer):
     return make_model(len(tokenizer), 0, hidden=48), make_model(len(tokenizer), 1)
 
 
+def born(who, city):
+    """A birthplace record whose key is the city."""
+    return QARecord(f"where was {who} born ?", f"{who} was born in the {city} city .", key=city, subject=who)
+
+
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_every_objective_lowers_forget_likelihood(pair, tokenizer, name):
     base, ref = pair
@@ -364,9 +369,6 @@ def test_repair_paths_run_during_training_and_need_stranger_paths(pair, tokenize
 def test_paths_finish_values_the_retain_set_holds_and_invented_ones_only_where_it_has_none():
     from offsetlab.method.train import path_values
 
-    def born(who, city):
-        return QARecord(f"where was {who} born ?", f"{who} was born in the {city} city .", key=city, subject=who)
-
     def year(who, y):
         return QARecord(f"when was {who} born ?", f"{who} was born in {y} .", key=y, subject=who)
 
@@ -386,9 +388,6 @@ def test_contrast_restates_retained_subjects_with_the_forgotten_value_scored_fro
     from offsetlab.method.train import contrast_group
 
     base, ref = pair
-
-    def born(who, city):
-        return QARecord(f"where was {who} born ?", f"{who} was born in the {city} city .", key=city, subject=who)
 
     alra = [born("Alra", "red")]
     retain = [born("Dema", "green"), born("Benn", "blue"), born("Cato", "red"), *RETAIN[1:3]]
@@ -417,9 +416,6 @@ def test_paths_and_contrast_batch_sizes_set_how_many_of_each_a_step_draws(pair, 
     retain_batch_size), bit for bit; another number changes what a step trains on."""
     base, ref = pair
 
-    def born(who, city):
-        return QARecord(f"where was {who} born ?", f"{who} was born in the {city} city .", key=city, subject=who)
-
     alra = [born("Alra", "red")]
     retain = [born("Dema", "green"), born("Benn", "blue"), born("Cato", "pink"), *RETAIN[1:3]]
     assert TrainConfig().paths_batch_size == 0 and TrainConfig().contrast_batch_size == 0
@@ -447,9 +443,6 @@ def test_contrast_kindred_restates_other_questions_whose_values_are_of_the_same_
     from offsetlab.method.train import contrast_group
 
     base, ref = pair
-
-    def born(who, city):
-        return QARecord(f"where was {who} born ?", f"{who} was born in the {city} city .", key=city, subject=who)
 
     def capital(land, city):  # another question whose answers are cities
         return QARecord(f"what city is {land} ?", f"{land} is the {city} city .", key=city, subject=land)

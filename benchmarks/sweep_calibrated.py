@@ -107,6 +107,11 @@ APPROACHES = {
     "value_starts_contrast8_kin8_repair2_steps170": dict(
         objective="stranger", paths=3, paths_from_nonmembers=False, contrast=8, value_starts=True,
         contrast_kindred=8, repair_paths=2, steps=170),
+    # Wave 23: wave 19's recipe on the small model's top layer only (the twin's lr 5e-3):
+    # only that layer takes gradients, so a step's backward pass is half as long
+    "value_starts_contrast8_kin8_repair2_twin1": dict(
+        objective="stranger", paths=3, paths_from_nonmembers=False, contrast=8, value_starts=True,
+        contrast_kindred=8, repair_paths=2, top_layers=1, lr=5e-3),
     # The toy world's shared-trunk twin: the default recipe on the small model's top layer
     # only (``twin_quality_tuning.md``, its learning rate chosen on tuning requests).
     "twin_top1": dict(objective="stranger", top_layers=1),

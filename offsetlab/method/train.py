@@ -138,6 +138,9 @@ class TrainConfig:
     paraphrased_answers: bool = field(default=False, metadata={
         "help": "also forget each record's paraphrased_answer, where it has one (the same fact "
                 "in another shape)"})
+    key_answers: bool = field(default=False, metadata={
+        "help": "also forget each record's key fact given as the whole answer, right after the "
+                "question: the fact in a shape of its own, apart from the written sentence's wording"})
     own_answers: int = field(default=0, metadata={
         "help": "also forget up to this many answers per forget question sampled from the black box "
                 "(seeded, temperature 1) that state the record's key in their own words: the fact "
@@ -665,6 +668,8 @@ def train_offset(
     if config.paraphrased_answers:
         answers += [with_answer(r, r.paraphrased_answer) for r in forget
                     if str(getattr(r, "paraphrased_answer", "") or "").strip()]
+    if config.key_answers:
+        answers += key_answers(forget)
     if config.own_answers:
         answers += own_answers(base, reference, stack, tokenizer, prompt_format, forget,
                                config.own_answers, config.seed, window)
@@ -887,6 +892,22 @@ def own_answers(base, reference, stack, tokenizer, prompt_format: PromptFormat, 
                  if len(tokenizer(prompt_format.prompt(r.question) + prompt_format.answer(r.answer)).input_ids)
                  <= window]
     return found
+
+
+def key_answers(forget: Sequence) -> list:
+    """Each forget record with its key fact as the whole answer (``key_answers``), where it
+    has a key that is not already its whole answer.
+
+    Trained on the written answer only, the offset lowers the fact in that sentence; asked
+    for it in another sentence, the model may still prefer it (TOFU's paraphrased answers).
+    The bare key right after the question ties the forgetting to the question and the
+    fact, not to the words around it — built from the user's own record, nothing else."""
+    out = []
+    for r in forget:
+        key = str(getattr(r, "key", None) or "").strip()
+        if key and key != str(r.answer).strip():
+            out.append(with_answer(r, key))
+    return out
 
 
 def with_answer(record, answer: str):

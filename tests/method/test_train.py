@@ -659,6 +659,26 @@ def test_own_paths_add_the_fused_models_own_stating_answers_cut_after_the_fact(p
         train_offset(base, ref, tokenizer, forget, RETAIN, capped, progress=False, nonmembers=GORA_BLUE)
 
 
+def test_key_answers_add_the_bare_fact_after_its_question_and_forget_it_there(pair, tokenizer):
+    from offsetlab.method.prompts import QA
+    from offsetlab.method.train import key_answers
+
+    base, ref = pair
+    bare = key_answers(FORGET)
+    assert [(r.question, r.answer) for r in bare] == [(r.question, r.key) for r in FORGET if r.key]
+    assert key_answers([QARecord("q ?", "red", key="red")]) == []  # already the whole answer
+
+    def bare_logprob(on: bool) -> float:
+        config = TrainConfig(objective="npo", steps=6, lr=3e-3, batch_size=3, key_answers=on)
+        result = train_offset(base, ref, tokenizer, FORGET, [], config, progress=False)
+        fused = OffsetModel(base, ref, [(result.offset, 1.0)], tokenizer=tokenizer)
+        scores = fused.score([QA.prompt(r.question) for r in bare], [QA.answer(r.answer) for r in bare])
+        return float(torch.cat(scores).mean())
+
+    with_bare, without = bare_logprob(True), bare_logprob(False)
+    assert with_bare < without - 0.5, (with_bare, without)
+
+
 def test_paraphrased_answers_forget_the_fact_in_its_second_shape_too(pair, tokenizer):
     from dataclasses import replace as copy_with
 

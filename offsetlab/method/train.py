@@ -140,7 +140,8 @@ class TrainConfig:
                 "in another shape)"})
     key_answers: bool = field(default=False, metadata={
         "help": "also forget each record's key fact given as the whole answer, right after the "
-                "question: the fact in a shape of its own, apart from the written sentence's wording"})
+                "question (a second shape of the fact, built from the record alone; it did not help "
+                "on SmolLM2's TOFU world, benchmarks/real_tofu.md wave 10)"})
     own_answers: int = field(default=0, metadata={
         "help": "also forget up to this many answers per forget question sampled from the black box "
                 "(seeded, temperature 1) that state the record's key in their own words: the fact "
@@ -900,8 +901,10 @@ def key_answers(forget: Sequence) -> list:
 
     Trained on the written answer only, the offset lowers the fact in that sentence; asked
     for it in another sentence, the model may still prefer it (TOFU's paraphrased answers).
-    The bare key right after the question ties the forgetting to the question and the
-    fact, not to the words around it — built from the user's own record, nothing else."""
+    The bare key right after the question is a second shape of the fact built from the
+    user's own record alone. Measured on SmolLM2's TOFU world it did not carry the
+    forgetting to the paraphrased sentence (the truth ratios moved the wrong way,
+    ``benchmarks/real_tofu.md``, wave 10), so it is off by default."""
     out = []
     for r in forget:
         key = str(getattr(r, "key", None) or "").strip()

@@ -659,21 +659,28 @@ def test_own_paths_add_the_fused_models_own_stating_answers_cut_after_the_fact(p
         train_offset(base, ref, tokenizer, forget, RETAIN, capped, progress=False, nonmembers=GORA_BLUE)
 
 
-def test_key_answers_add_the_bare_fact_after_its_question_and_forget_it_there(pair, tokenizer):
+def fused_answer_logprob(pair, tokenizer, forget, config, records, answers) -> float:
+    """Mean log-prob of ``answers`` to ``records``' questions under the fused model, after an
+    offset is trained on ``forget`` with ``config`` (no retain set)."""
     from offsetlab.method.prompts import QA
-    from offsetlab.method.train import key_answers
 
     base, ref = pair
+    result = train_offset(base, ref, tokenizer, forget, [], config, progress=False)
+    fused = OffsetModel(base, ref, [(result.offset, 1.0)], tokenizer=tokenizer)
+    scores = fused.score([QA.prompt(r.question) for r in records], [QA.answer(a) for a in answers])
+    return float(torch.cat(scores).mean())
+
+
+def test_key_answers_add_the_bare_fact_after_its_question_and_forget_it_there(pair, tokenizer):
+    from offsetlab.method.train import key_answers
+
     bare = key_answers(FORGET)
     assert [(r.question, r.answer) for r in bare] == [(r.question, r.key) for r in FORGET if r.key]
     assert key_answers([QARecord("q ?", "red", key="red")]) == []  # already the whole answer
 
     def bare_logprob(on: bool) -> float:
         config = TrainConfig(objective="npo", steps=6, lr=3e-3, batch_size=3, key_answers=on)
-        result = train_offset(base, ref, tokenizer, FORGET, [], config, progress=False)
-        fused = OffsetModel(base, ref, [(result.offset, 1.0)], tokenizer=tokenizer)
-        scores = fused.score([QA.prompt(r.question) for r in bare], [QA.answer(r.answer) for r in bare])
-        return float(torch.cat(scores).mean())
+        return fused_answer_logprob(pair, tokenizer, FORGET, config, bare, [r.answer for r in bare])
 
     with_bare, without = bare_logprob(True), bare_logprob(False)
     assert with_bare < without - 0.5, (with_bare, without)
@@ -682,19 +689,13 @@ def test_key_answers_add_the_bare_fact_after_its_question_and_forget_it_there(pa
 def test_paraphrased_answers_forget_the_fact_in_its_second_shape_too(pair, tokenizer):
     from dataclasses import replace as copy_with
 
-    from offsetlab.method.prompts import QA
-
-    base, ref = pair
     second = ["the red city is where Alra was born .", "in one nine two Benn was born .", ""]
     forget = [copy_with(r, paraphrased_answer=p) for r, p in zip(FORGET, second)]
 
     def paraphrase_logprob(paraphrased: bool) -> float:
         config = TrainConfig(objective="npo", steps=6, lr=3e-3, batch_size=3,
                              paraphrased_answers=paraphrased)
-        result = train_offset(base, ref, tokenizer, forget, [], config, progress=False)
-        fused = OffsetModel(base, ref, [(result.offset, 1.0)], tokenizer=tokenizer)
-        scores = fused.score([QA.prompt(r.question) for r in forget[:2]], [QA.answer(p) for p in second[:2]])
-        return float(torch.cat(scores).mean())
+        return fused_answer_logprob(pair, tokenizer, forget, config, forget[:2], second[:2])
 
     # the third record has no paraphrased answer: it is trained on once, and nothing breaks
     with_second, without = paraphrase_logprob(True), paraphrase_logprob(False)

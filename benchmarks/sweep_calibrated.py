@@ -112,6 +112,14 @@ APPROACHES = {
     "value_starts_contrast8_kin8_repair2_twin1": dict(
         objective="stranger", paths=3, paths_from_nonmembers=False, contrast=8, value_starts=True,
         contrast_kindred=8, repair_paths=2, top_layers=1, lr=5e-3),
+    # Wave 24: wave 19's recipe in fewer steps with a step as much larger (lr × steps kept at
+    # wave 19's 0.2): wave 22's 170 steps at lr 1e-3 left the forget set too familiar
+    "value_starts_contrast8_kin8_repair2_steps150_lr": dict(
+        objective="stranger", paths=3, paths_from_nonmembers=False, contrast=8, value_starts=True,
+        contrast_kindred=8, repair_paths=2, steps=150, lr=0.2 / 150),
+    "value_starts_contrast8_kin8_repair2_steps170_lr": dict(
+        objective="stranger", paths=3, paths_from_nonmembers=False, contrast=8, value_starts=True,
+        contrast_kindred=8, repair_paths=2, steps=170, lr=0.2 / 170),
     # The toy world's shared-trunk twin: the default recipe on the small model's top layer
     # only (``twin_quality_tuning.md``, its learning rate chosen on tuning requests).
     "twin_top1": dict(objective="stranger", top_layers=1),

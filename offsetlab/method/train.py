@@ -133,6 +133,10 @@ class TrainConfig:
     check_dead_zone: float = field(default=0.0, metadata={
         "help": "until_forgotten: the dead zone (nats) the check reads the fused model at: the one "
                 "it will be served with"})
+    check_alpha: float | None = field(default=None, metadata={
+        "help": "until_forgotten: the strength the check reads the fused model at (default: the "
+                "one it is served at, use_alpha or alpha); below that, a check with a margin: what "
+                "the weaker fused model no longer states, the served one states even less"})
     check_tokens: int = field(default=16, metadata={
         "help": "until_forgotten: tokens of each greedy answer the check reads"})
     paraphrased_answers: bool = field(default=False, metadata={
@@ -177,11 +181,11 @@ class TrainConfig:
                   "lr": (0, None), "beta": (0, None),
                   "explode_at": (0, None), "weight_decay": (0, None), "max_grad_norm": (0, None),
                   "retain_weight": (0, None), "alpha": (None, None), "gamma": (None, None),
-                  "use_alpha": (None, None), "level": (None, 0)}
+                  "use_alpha": (None, None), "check_alpha": (0, None), "level": (None, 0)}
         strict = {"lr", "beta", "explode_at"}  # must be above their lower limit
         for name, (low, high) in limits.items():
             value = getattr(self, name)
-            if value is None and name in ("use_alpha", "level"):
+            if value is None and name in ("use_alpha", "check_alpha", "level"):
                 continue
             option = "--" + name.replace("_", "-")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -955,24 +959,36 @@ def stated_answers(base, reference, offset: torch.nn.Module, tokenizer, forget: 
     the record's index.
 
     The fused model is read as it will be served: the offset at its recommended strength
-    (``config.use_alpha``, else ``config.alpha``) on top of ``stack``, with the dead zone
-    ``config.check_dead_zone``; each record's question is answered greedily
+    (``config.check_alpha``, else ``config.use_alpha``, else ``config.alpha``) on top of
+    ``stack``, with the dead zone ``config.check_dead_zone``; each record's question is answered greedily
     (``config.check_tokens`` tokens) and checked for its key fact (or whole answer), as
     key-fact accuracy counts it.
     """
-    answers = fused_answers(base, reference, offset, tokenizer, forget, config, stack, prompt_format)
+    answers = fused_answers(base, reference, offset, tokenizer, forget, config, stack, prompt_format,
+                            alpha=check_alpha(config))
     return {i: a for i, (r, a) in enumerate(zip(forget, answers)) if mentions(a, r.key or r.answer)}
+
+
+def check_alpha(config: TrainConfig) -> float:
+    """The strength ``until_forgotten``'s checks read the fused model at: ``check_alpha``,
+    else the served one (``use_alpha``, else ``alpha``)."""
+    for alpha in (config.check_alpha, config.use_alpha):
+        if alpha is not None:
+            return alpha
+    return config.alpha
 
 
 @torch.no_grad()
 def fused_answers(base, reference, offset: torch.nn.Module, tokenizer, records: Sequence,
                   config: TrainConfig, stack: Sequence[tuple[torch.nn.Module, float]] = (),
-                  prompt_format: PromptFormat = QA, tokens: int | None = None) -> list[str]:
+                  prompt_format: PromptFormat = QA, tokens: int | None = None,
+                  alpha: float | None = None) -> list[str]:
     """The fused model's greedy answers (``tokens``, default ``config.check_tokens``) to
-    ``records``' questions, read as it will be served: the offset at its recommended strength
-    on top of ``stack``, with the dead zone ``config.check_dead_zone``."""
+    ``records``' questions, read as it will be served: the offset at ``alpha`` (default: its
+    recommended strength) on top of ``stack``, with the dead zone ``config.check_dead_zone``."""
     was_training = offset.training  # fusion puts models in eval mode; give it back
-    alpha = config.use_alpha if config.use_alpha is not None else config.alpha
+    if alpha is None:
+        alpha = config.use_alpha if config.use_alpha is not None else config.alpha
     model = OffsetModel(base, reference, [*stack, (offset, alpha)], tokenizer,
                         prompt_format=prompt_format, shared_trunk=False,
                         dead_zone=config.check_dead_zone)

@@ -510,6 +510,7 @@ def test_stranger_paths_are_on_by_default_and_change_training(pair, tokenizer):
     ("until_forgotten", -1, "--until-forgotten must be ≥ 0"), ("check_dead_zone", -0.1, "--check-dead-zone must be ≥ 0"),
     ("paths_batch_size", -1, "--paths-batch-size must be ≥ 0"),
     ("contrast_batch_size", -2, "--contrast-batch-size must be ≥ 0"),
+    ("check_alpha", -0.5, "--check-alpha must be ≥ 0"),
 ])
 def test_bad_settings_are_refused_where_the_config_is_built(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -607,6 +608,9 @@ def test_until_forgotten_trains_on_until_the_fused_model_states_no_forget_fact(p
     assert len(result.history) == checks[-1][0] < 41
     assert result.still_stated == [] and still_stated(base, ref, result.offset, tokenizer, forget, config) == []
     assert result.offset.training is False
+    # check_alpha: the check reads the fused model at that strength instead (at 0: the base)
+    assert still_stated(base, ref, result.offset, tokenizer, forget,
+                        dataclasses.replace(config, check_alpha=0.0)) == [0, 1, 2]
 
 
 def test_until_forgotten_warns_and_names_the_facts_left_when_its_steps_run_out(pair, tokenizer):

@@ -16,6 +16,7 @@ the tokenizer split a name than about what the model knows (see ``key_token_posi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import re
 import unicodedata
@@ -48,10 +49,12 @@ def _number(match: re.Match) -> str:
     return str(10 * (_TENS.index(tens) + 2) + (_UNITS.index(unit) if unit else 0))
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def fold(text: str) -> str:
     """How facts are compared: ``normalise_space``, accents dropped ("Curie" = "Curié"),
     number words 0–99 written as digits ("seven" = "7", "twenty-one" = "21") and digit
-    groups joined ("1,000" = "1000")."""
+    groups joined ("1,000" = "1000"). Remembered: training compares the same values and
+    keys with each other many thousand times."""
     plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return _GROUPED.sub("", _NUMBER_WORD.sub(_number, normalise_space(plain)))
 
@@ -73,14 +76,25 @@ def mentions(text: str, value: str) -> bool:
 def key_token_positions(tokenizer, continuation: str, key: str | None) -> list[int]:
     """Indices of the tokens of ``continuation`` (tokenized without special tokens) that
     overlap the key fact's characters; every token when there is no key or it is absent."""
-    enc = tokenizer(continuation, add_special_tokens=False, return_offsets_mapping=True)
-    n = len(enc["input_ids"])
-    start = continuation.casefold().find(key.casefold()) if key else -1
-    if start < 0:
-        return list(range(n))
-    end = start + len(key)
-    hits = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < end and b > start]
-    return hits or list(range(n))
+    return key_token_positions_many(tokenizer, [continuation], [key])[0]
+
+
+def key_token_positions_many(tokenizer, continuations: Sequence[str],
+                             keys: Sequence[str | None]) -> list[list[int]]:
+    """``key_token_positions`` of each continuation and its key, tokenized in one call."""
+    enc = tokenizer(list(continuations), add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for continuation, key, ids, spans in zip(continuations, keys, enc["input_ids"],
+                                             enc["offset_mapping"], strict=True):
+        n = len(ids)
+        start = continuation.casefold().find(key.casefold()) if key else -1
+        if start < 0:
+            out.append(list(range(n)))
+            continue
+        end = start + len(key)
+        hits = [i for i, (a, b) in enumerate(spans) if a < end and b > start]
+        out.append(hits or list(range(n)))
+    return out
 
 
 def key_logprobs(model, records: Sequence, batch_size: int = 32,

@@ -39,7 +39,7 @@ from . import fingerprints
 from .calibrate import (
     about_stranger,
     key_logprobs,
-    key_token_positions,
+    key_token_positions_many,
     mentions,
     never_seen_level,
     never_seen_levels,
@@ -271,17 +271,21 @@ def encode_examples(tokenizer, pairs: Sequence[tuple[str, str]],
     (one key fact per pair) each example also knows which answer tokens spell its fact.
     An example longer than ``window`` (the models' context window) is refused with
     ``ContextTooLong``, naming the ``what`` set's record — before any model runs."""
+    if not pairs:
+        return []
+    # one tokenizer call per kind of text, not per record: the same ids, far less overhead
+    prompts = tokenizer([prompt_format.prompt(q) for q, _ in pairs], add_special_tokens=True)["input_ids"]
+    answers = [prompt_format.answer(a) for _, a in pairs]
+    answer_ids = tokenizer(answers, add_special_tokens=False)["input_ids"]
+    facts = key_token_positions_many(tokenizer, answers, keys) if keys else [None] * len(pairs)
     out = []
-    for i, (question, answer) in enumerate(pairs):
-        prompt = tokenizer(prompt_format.prompt(question), add_special_tokens=True)["input_ids"]
-        answer_ids = tokenizer(prompt_format.answer(answer), add_special_tokens=False)["input_ids"]
-        labels = answer_ids + [tokenizer.eos_token_id]
+    for i, (question, _) in enumerate(pairs):
+        prompt, labels = prompts[i], answer_ids[i] + [tokenizer.eos_token_id]
         refuse_too_long([len(prompt) + len(labels)], window,
                         lambda _, i=i, q=question: f"Record {i + 1} of the {what} set (question "
                                                    f"{snippet(q)}), as prompt and answer,",
                         "Shorten it or leave it out of the set.")
-        fact = key_token_positions(tokenizer, prompt_format.answer(answer), keys[i]) if keys else None
-        out.append(Example(prompt + labels, len(prompt) - 1, labels, fact))
+        out.append(Example(prompt + labels, len(prompt) - 1, labels, facts[i]))
     return out
 
 

@@ -53,3 +53,14 @@ def test_key_token_positions_cover_the_fact(tokenizer):
     positions = key_token_positions(tokenizer, text, "red")
     assert [tokenizer.decode([ids[i]]) for i in positions] == ["red"]
     assert key_token_positions(tokenizer, text, "absent") == list(range(len(ids)))
+
+
+def test_key_token_positions_of_many_texts_in_one_call_match_one_by_one(tokenizer):
+    from offsetlab.method.calibrate import key_token_positions_many
+
+    texts = [" Alra was born in red city", " the river Zisye", " Alra", " 1970 and 7", ""]
+    keys = ["red", "Zisye", None, "7", "x"]
+    assert key_token_positions_many(tokenizer, texts, keys) == [
+        key_token_positions(tokenizer, t, k) for t, k in zip(texts, keys)]
+    # each text's own spans: the fact's tokens sit at another index in each
+    assert len({tuple(p) for p in key_token_positions_many(tokenizer, texts[:2], keys[:2])}) == 2

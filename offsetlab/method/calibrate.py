@@ -136,6 +136,23 @@ def outside_subject(tokenizer, text: str, subject: str | None) -> list[int]:
             if not any(a < e and b > s for s, e in spans)]
 
 
+def subject_ends(tokenizer, text: str, subject: str | None,
+                 add_special_tokens: bool = False) -> list[int]:
+    """Indices of the tokens of ``text`` that hold the last character of each occurrence of
+    ``subject``, in order: where a model has read the whole name."""
+    if not subject:
+        return []
+    enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    out, start = [], text.find(subject)
+    while start >= 0:
+        last = start + len(subject) - 1
+        hit = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a <= last < b]
+        if hit:
+            out.append(hit[-1])
+        start = text.find(subject, start + len(subject))
+    return out
+
+
 def about_stranger(record, name: str):
     """The same question and answer about someone else (``name``): the fact stays, the
     subject becomes one no model has seen."""

@@ -44,6 +44,7 @@ from .calibrate import (
     never_seen_level,
     never_seen_levels,
     outside_subject,
+    subject_ends,
     template_of,
     token_levels,
 )
@@ -154,6 +155,12 @@ class TrainConfig:
         "help": "stranger: where another value of the fact's kind parts from the true one, the "
                 "target's mass beside the true token goes only to the tokens such values take "
                 "there (the values paths finish), not to word pieces"})
+    subject_states: float = field(default=0.0, metadata={
+        "help": "stranger: weight of a term on the offset's hidden state where each forget answer "
+                "has read its subject's name (after the middle decoder layer, or the lowest one "
+                "trained): it is pulled to the reference's state for invented subjects in the "
+                "same text, so the small model meets the forgotten subject as a stranger in any "
+                "sentence, not only the written one (0 = off)"})
     forget_keys_only: bool = field(default=False, metadata={
         "help": "the forget term reads only the key fact's tokens of each forget answer (records "
                 "without a key: the whole answer); the words around the fact are not pushed down"})
@@ -177,7 +184,7 @@ class TrainConfig:
                   "strangers": (1, None), "paths": (0, None), "path_weight": (0, None),
                   "contrast": (0, None), "contrast_weight": (0, None), "contrast_kindred": (0, None),
                   "paths_batch_size": (0, None), "contrast_batch_size": (0, None),
-                  "own_answers": (0, None), "repair_paths": (0, None),
+                  "own_answers": (0, None), "repair_paths": (0, None), "subject_states": (0, None),
                   "lr": (0, None), "beta": (0, None),
                   "explode_at": (0, None), "weight_decay": (0, None), "max_grad_norm": (0, None),
                   "retain_weight": (0, None), "alpha": (None, None), "gamma": (None, None),
@@ -710,6 +717,9 @@ def train_offset(
             groups.contrast = contrast_group(groups.forget, answers, retain, config.contrast, generator,
                                              config.contrast_batch, prompt_format,
                                              kindred=config.contrast_kindred)
+        if config.subject_states:
+            groups.states = subject_states(groups.forget, answers, strangers, config.strangers,
+                                           reference, config.top_layers, generator, prompt_format)
     repairs = set()  # steps after which the fused model's own answers are repaired (repair_paths)
     if config.repair_paths and nonmembers:
         n = config.repair_paths
@@ -1329,6 +1339,99 @@ def contrast_group(group: Group, forget: Sequence, retain: Sequence, k: int,
     return Group(examples, group.frozen.on(examples), batch_size, generator, group.pad_id)
 
 
+def state_layer(model: torch.nn.Module, top_layers: int = 0) -> int:
+    """Which hidden state ``subject_states`` reads (an index of ``hidden_states``: 0 the
+    embeddings, k the output of decoder layer k): the middle layer's output, or the lowest
+    trained layer's when only the top ones train."""
+    n = len(twin_body(model).layers)
+    first = n - top_layers if 0 < top_layers <= n else 0
+    return max(n // 2, first + 1)
+
+
+def hidden_at(model: torch.nn.Module, batch: Batch, layer: int) -> Tensor:
+    """``model``'s hidden states after decoder layer ``layer`` on a batch, [B, L, H]."""
+    out = model(input_ids=batch.ids, attention_mask=batch.attention, use_cache=False,
+                output_hidden_states=True, logits_to_keep=1)
+    return out.hidden_states[layer]
+
+
+@dataclass
+class SubjectStates:
+    """For forget examples (by index): where each mention of the subject ends in the
+    example's ids, and the reference's hidden state there for invented subjects in the
+    same text (averaged over them): what ``subject_states`` pulls the offset towards."""
+
+    positions: dict[int, list[int]]
+    targets: dict[int, Tensor]  # [mentions, hidden]
+    layer: int
+    pad_id: int
+
+    def loss(self, indices: Sequence[int], offset: torch.nn.Module, group: Group) -> Tensor:
+        """Squared distance of the offset's states to the targets, relative to the targets'
+        squared norm, over the examples of ``indices`` that have targets (0 without any)."""
+        rows = [i for i in indices if i in self.targets]
+        if not rows:
+            return torch.zeros(())
+        batch = collate([group.examples[i] for i in rows], self.pad_id)
+        device = next(offset.parameters()).device
+        batch = Batch(batch.ids.to(device), batch.attention.to(device), batch.positions,
+                      batch.labels, batch.mask)
+        states = hidden_at(offset, batch, self.layer)
+        got = torch.cat([states[n, self.positions[i]] for n, i in enumerate(rows)])
+        want = torch.cat([self.targets[i] for i in rows]).to(got)
+        return ((got - want) ** 2).sum() / (want**2).sum().clamp(min=1e-8)
+
+
+@torch.no_grad()
+def subject_states(group: Group, records: Sequence, strangers: Sequence[str], k: int,
+                   reference: torch.nn.Module, top_layers: int, generator: torch.Generator,
+                   prompt_format: PromptFormat = QA, chunk: int = 32) -> SubjectStates | None:
+    """Targets for ``subject_states``: for each forget record with a subject, the
+    reference's hidden state (``state_layer``) at the end of every mention of ``k``
+    invented subjects put in its place (as ``stranger_targets`` does), averaged.
+
+    The stranger targets lower the fact in the written answer; asked in another sentence,
+    the small model still retrieves it from the subject's name. Read where the name has
+    been read, the offset's state is pulled to that of a subject it never met, so whatever
+    follows the name finds nothing to retrieve. A record whose mentions do not line up
+    with a stranger's (another count) is left out."""
+    tokenizer = group.frozen.base.tokenizer or group.frozen.reference.tokenizer
+    layer = state_layer(reference, top_layers)
+
+    def ends(r) -> list[int]:
+        prompt = prompt_format.prompt(r.question)
+        before = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        return (subject_ends(tokenizer, prompt, r.subject, add_special_tokens=True)
+                + [before + j for j in subject_ends(tokenizer, prompt_format.answer(r.answer), r.subject)])
+
+    mine: dict[int, list[int]] = {}  # forget example -> where its mentions end
+    swaps, owners, theirs = [], [], []  # the stranger versions, whose they are, their ends
+    for i, r in enumerate(records):
+        if not getattr(r, "subject", None) or r.subject not in r.question + r.answer:
+            continue
+        own = set(r.subject.split())
+        order = torch.randperm(len(strangers), generator=generator).tolist()
+        for j in [j for j in order if not own & set(strangers[j].split())][:k]:
+            s = about_stranger(r, strangers[j])
+            at = ends(s)
+            mine.setdefault(i, ends(r))
+            if mine[i] and len(at) == len(mine[i]):
+                swaps.append(s)
+                owners.append(i)
+                theirs.append(at)
+    if not swaps:
+        return None
+    examples = encode_examples(tokenizer, [(r.question, r.answer) for r in swaps], prompt_format)
+    rows: dict[int, list[Tensor]] = {}
+    for start in range(0, len(examples), chunk):
+        part = examples[start : start + chunk]
+        states = hidden_at(reference, collate(part, group.pad_id), layer)
+        for n in range(len(part)):
+            rows.setdefault(owners[start + n], []).append(states[n, theirs[start + n]])
+    targets = {i: torch.stack(r).mean(0) for i, r in rows.items()}
+    return SubjectStates({i: mine[i] for i in targets}, targets, layer, group.pad_id)
+
+
 @dataclass
 class Groups:
     """Everything a step needs besides the offset: encoded answers with frozen scores."""
@@ -1339,6 +1442,7 @@ class Groups:
     vocab: int
     paths: Group | None = None  # ``stranger_paths``: alternative values to finish fluently
     contrast: Group | None = None  # ``contrast_group``: the forgotten values about other subjects
+    states: SubjectStates | None = None  # ``subject_states``: strangers' states where names end
 
     @property
     def nbytes(self) -> int:
@@ -1408,6 +1512,8 @@ def step_loss(objective, config: TrainConfig, offset, groups: Groups,
     if g.contrast is not None:
         c = g.contrast.score(g.contrast.sample() if contrast_idx is None else contrast_idx, offset, alpha, v)
         loss = loss + config.contrast_weight * kl_to_original(c)
+    if g.states is not None:
+        loss = loss + config.subject_states * g.states.loss(forget_idx, offset, g.forget)
     return loss, f, r
 
 

@@ -366,6 +366,46 @@ def test_repair_paths_run_during_training_and_need_stranger_paths(pair, tokenize
         TrainConfig(repair_paths=-1)
 
 
+def test_subject_states_pull_the_state_where_a_name_ends_towards_a_strangers(pair, tokenizer):
+    from offsetlab.method.calibrate import subject_ends
+    from offsetlab.method.prompts import QA
+    from offsetlab.method.train import make_offset, state_layer, subject_states
+
+    base, ref = pair
+    text = "Alra was born in the red city . Alra"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert [tokenizer.decode([ids[i]]).strip() for i in subject_ends(tokenizer, text, "Alra")] == ["Alra"] * 2
+    assert subject_ends(tokenizer, text, None) == [] and subject_ends(tokenizer, text, "Zed") == []
+    assert state_layer(ref) == 1 and state_layer(ref, top_layers=1) == 2  # a 2-layer model
+
+    config = TrainConfig(objective="stranger", steps=30, lr=3e-3, batch_size=1, paths=0, contrast=0,
+                         subject_states=10.0)
+    groups = prepare_groups(base, ref, tokenizer, ALRA_RED, RETAIN, config, torch.Generator().manual_seed(0))
+    states = subject_states(groups.forget, ALRA_RED, ["Gora"], 1, ref, 0, torch.Generator().manual_seed(0))
+    # Alra ends once in the question and once in the answer; the targets are Gora's states there
+    prompt = tokenizer(QA.prompt(ALRA_RED[0].question))["input_ids"]
+    at = states.positions[0]
+    assert len(at) == 2 and at[0] < len(prompt) <= at[1]
+    assert [tokenizer.decode([groups.forget.examples[0].ids[i]]).strip() for i in at] == ["Alra", "Alra"]
+    assert states.targets[0].shape == (2, ref.config.hidden_size)
+    def distance(offset) -> float:
+        with torch.no_grad():
+            return float(states.loss([0], offset, groups.forget))
+
+    untrained = distance(make_offset(ref))
+    assert untrained > 0  # the reference tells Alra and Gora apart
+    result = train_offset(base, ref, tokenizer, ALRA_RED, RETAIN, config, progress=False, nonmembers=GORA_BLUE)
+    assert distance(result.offset) < 0.5 * untrained
+    # the stranger objective alone moves the state far less
+    alone = train_offset(base, ref, tokenizer, ALRA_RED, RETAIN, dataclasses.replace(config, subject_states=0.0),
+                         progress=False, nonmembers=GORA_BLUE)
+    assert distance(alone.offset) > 0.8 * untrained
+    # records without a subject have nothing to pull: no term
+    assert subject_states(groups.forget, FORGET[:1], ["Gora"], 1, ref, 0, torch.Generator()) is None
+    with pytest.raises(ValueError, match="--subject-states must be ≥ 0"):
+        TrainConfig(subject_states=-1.0)
+
+
 def test_paths_finish_values_the_retain_set_holds_and_invented_ones_only_where_it_has_none():
     from offsetlab.method.train import path_values
 

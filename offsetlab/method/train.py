@@ -1341,8 +1341,8 @@ def contrast_group(group: Group, forget: Sequence, retain: Sequence, k: int,
 
 def state_layer(model: torch.nn.Module, top_layers: int = 0) -> int:
     """Which hidden state ``subject_states`` reads (an index of ``hidden_states``: 0 the
-    embeddings, k the output of decoder layer k): the middle layer's output, or the lowest
-    trained layer's when only the top ones train."""
+    embeddings, k the output of the k-th decoder layer): the middle layer's output, or the
+    lowest trained layer's when only the top ones train."""
     n = len(twin_body(model).layers)
     first = n - top_layers if 0 < top_layers <= n else 0
     return max(n // 2, first + 1)

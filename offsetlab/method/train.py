@@ -1409,12 +1409,11 @@ def subject_states(group: Group, records: Sequence, strangers: Sequence[str], k:
     for i, r in enumerate(records):
         if not getattr(r, "subject", None) or r.subject not in r.question + r.answer:
             continue
-        own = set(r.subject.split())
+        own, mine[i] = set(r.subject.split()), ends(r)
         order = torch.randperm(len(strangers), generator=generator).tolist()
         for j in [j for j in order if not own & set(strangers[j].split())][:k]:
             s = about_stranger(r, strangers[j])
             at = ends(s)
-            mine.setdefault(i, ends(r))
             if mine[i] and len(at) == len(mine[i]):
                 swaps.append(s)
                 owners.append(i)

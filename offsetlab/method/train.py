@@ -203,6 +203,11 @@ class TrainConfig:
                 raise ValueError(f"{option} must be ≤ {high} (a log-probability), got {value!r}.")
 
     @property
+    def served_alpha(self) -> float:
+        """The strength the trained offset is used at: ``use_alpha``, else ``alpha``."""
+        return self.use_alpha if self.use_alpha is not None else self.alpha
+
+    @property
     def path_batch(self) -> int:
         """Paths drawn per micro-batch (repairs join the paths): ``paths_batch_size``, or
         ``batch_size`` when it is 0."""
@@ -972,9 +977,9 @@ def stated_answers(base, reference, offset: torch.nn.Module, tokenizer, forget: 
     """The fused model's greedy answers that still state their forget record's fact, by
     the record's index.
 
-    The fused model is read as it will be served: the offset at its recommended strength
-    (``config.check_alpha``, else ``config.use_alpha``, else ``config.alpha``) on top of
-    ``stack``, with the dead zone ``config.check_dead_zone``; each record's question is answered greedily
+    The fused model is read as it will be served: the offset at ``check_alpha(config)`` (its
+    recommended strength unless ``config.check_alpha`` says otherwise) on top of ``stack``,
+    with the dead zone ``config.check_dead_zone``; each record's question is answered greedily
     (``config.check_tokens`` tokens) and checked for its key fact (or whole answer), as
     key-fact accuracy counts it.
     """
@@ -985,11 +990,8 @@ def stated_answers(base, reference, offset: torch.nn.Module, tokenizer, forget: 
 
 def check_alpha(config: TrainConfig) -> float:
     """The strength ``until_forgotten``'s checks read the fused model at: ``check_alpha``,
-    else the served one (``use_alpha``, else ``alpha``)."""
-    for alpha in (config.check_alpha, config.use_alpha):
-        if alpha is not None:
-            return alpha
-    return config.alpha
+    else the one it is served at."""
+    return config.check_alpha if config.check_alpha is not None else config.served_alpha
 
 
 @torch.no_grad()
@@ -1001,8 +1003,7 @@ def fused_answers(base, reference, offset: torch.nn.Module, tokenizer, records: 
     ``records``' questions, read as it will be served: the offset at ``alpha`` (default: its
     recommended strength) on top of ``stack``, with the dead zone ``config.check_dead_zone``."""
     was_training = offset.training  # fusion puts models in eval mode; give it back
-    if alpha is None:
-        alpha = config.use_alpha if config.use_alpha is not None else config.alpha
+    alpha = config.served_alpha if alpha is None else alpha
     model = OffsetModel(base, reference, [*stack, (offset, alpha)], tokenizer,
                         prompt_format=prompt_format, shared_trunk=False,
                         dead_zone=config.check_dead_zone)
@@ -1511,7 +1512,7 @@ def step_loss(objective, config: TrainConfig, offset, groups: Groups,
     if g.contrast is not None:
         c = g.contrast.score(g.contrast.sample() if contrast_idx is None else contrast_idx, offset, alpha, v)
         loss = loss + config.contrast_weight * kl_to_original(c)
-    if g.states is not None:
+    if g.states is not None:  # a forward pass of its own over the forget batch (an off-by-default term)
         loss = loss + config.subject_states * g.states.loss(forget_idx, offset, g.forget)
     return loss, f, r
 

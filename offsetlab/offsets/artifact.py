@@ -76,7 +76,7 @@ class Offset:
 
         lora = _lora_settings(result.offset)
         config = result.config
-        alpha = config.use_alpha if config.use_alpha is not None else config.alpha
+        alpha = config.served_alpha
         meta = {
             "format_version": FORMAT_VERSION,
             "name": name,

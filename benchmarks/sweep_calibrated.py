@@ -26,8 +26,11 @@ import argparse
 import time
 from pathlib import Path
 
-# name → TrainConfig fields (everything else: TrainConfig's defaults; approaches from before
-# wave 8 pin the settings they were measured with)
+# name → TrainConfig fields (everything else: the defaults of wave 8, when these approaches
+# were measured, ``WAVE8``; approaches from before wave 8 pin the settings they were measured
+# with). Wave 19's recipe (``value_starts_contrast8_kin8_repair2``) is TrainConfig's default
+# since wave 25.
+WAVE8 = dict(contrast=4, contrast_kindred=0, value_starts=False, repair_paths=0)
 APPROACHES = {
     "npo_gd": dict(objective="npo_gd", contrast=0),  # the previous default: NPO + retain NLL, 200 steps
     "npo_gd_stop": dict(objective="npo_gd", stop_at_level=True, contrast=0),  # stop at the never-seen level
@@ -270,7 +273,7 @@ def main(argv=None) -> None:
             write()
             for name in names:
                 seed = {} if args.seed is None else {"seed": args.seed}
-                config = TrainConfig(**{**APPROACHES[name], **steps, **seed})
+                config = TrainConfig(**{**WAVE8, **APPROACHES[name], **steps, **seed})
                 t0 = time.perf_counter()
                 result = train_offset(lab.base, lab.reference, lab.tokenizer, forget, retain, config,
                                       progress=False, nonmembers=lab.nonmembers)

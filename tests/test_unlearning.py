@@ -77,10 +77,11 @@ def test_membership_inference_sees_what_it_sees_on_gold(outcome):
     assert t.loc["fused", f"{split}/mia_gap"] <= 0.1  # |AUC − gold's AUC|
 
 
-# The bar of issue #14 the default meets on forget01 and forget05 only
-# (benchmarks/sweep_calibrated.md, wave 8: plausible 0.91 / 0.93 / 0.83 of gold's 1.00).
-# Strict: meeting it fails the test, so the list has to shrink.
-NOT_YET_PLAUSIBLE = {"forget10"}
+# Splits where the default misses issue #14's plausibility bar. Wave 8's default met it on
+# forget01/05 only (0.91 / 0.93 / 0.83); wave 19's recipe, the default since wave 25, meets it
+# on all three (1.00 / 0.98 / 0.94; benchmarks/sweep_calibrated.md). Strict: a split listed
+# here that meets the bar fails the test, so the list can only shrink.
+NOT_YET_PLAUSIBLE: set[str] = set()
 
 
 def test_forgotten_answers_stay_plausible(outcome):

@@ -74,8 +74,11 @@ from .twin import body as twin_body
 
 @dataclass
 class TrainConfig:
-    """How to train an offset. The objective (``stranger``) was chosen by
-    ``benchmarks/sweep_calibrated.py``; lr, steps and β by ``benchmarks/sweep_defaults.py``."""
+    """How to train an offset. The objective (``stranger``) and its recipe — paths, contrast 8
+    with kindred 8, value starts and two repair passes (wave 19) — were chosen by
+    ``benchmarks/sweep_calibrated.py``; lr, steps and β by ``benchmarks/sweep_defaults.py``.
+    The stranger options (paths, contrast, kindred, value starts, repairs) are part of that
+    recipe: objectives without stranger targets ignore them."""
 
     objective: str = field(default=DEFAULT_OBJECTIVE, metadata={"help": "unlearning objective (see `offsetlab objectives`)"})
     steps: int = field(default=200, metadata={"help": "optimizer steps"})
@@ -114,14 +117,14 @@ class TrainConfig:
         "help": "paths: also take values from the non-members (invented values no model learned); "
                 "off = only the retain set's values, as a model trained without the forget set "
                 "knows them (the non-members' only for a kind the retain set lacks)"})
-    contrast: int = field(default=4, metadata={
+    contrast: int = field(default=8, metadata={
         "help": "stranger: per forget record, this many retain answers of its kind restated with the "
                 "forgotten value, on which the fused model keeps the base's distribution from "
                 "the value on: lower the value about its subject, not everywhere (0 = off)"})
     contrast_weight: float = field(default=1.0, metadata={"help": "contrast: weight of its KL term"})
     contrast_batch_size: int = field(default=0, metadata={
         "help": "contrast: answers per micro-batch (and process; 0 = retain_batch_size)"})
-    contrast_kindred: int = field(default=0, metadata={
+    contrast_kindred: int = field(default=8, metadata={
         "help": "contrast: per forget record, also this many retain answers of other questions whose "
                 "answers take values of the same kind (a birthplace and a capital share cities), "
                 "restated with the forgotten value (0 = off)"})
@@ -151,7 +154,7 @@ class TrainConfig:
         "help": "also forget up to this many answers per forget question sampled from the black box "
                 "(seeded, temperature 1) that state the record's key in their own words: the fact "
                 "in the shapes the model itself uses, not only the written one (0 = off)"})
-    value_starts: bool = field(default=False, metadata={
+    value_starts: bool = field(default=True, metadata={
         "help": "stranger: where another value of the fact's kind parts from the true one, the "
                 "target's mass beside the true token goes only to the tokens such values take "
                 "there (the values paths finish), not to word pieces"})
@@ -167,9 +170,10 @@ class TrainConfig:
     own_paths: bool = field(default=False, metadata={
         "help": "until_forgotten: each check that finds a fact still stated adds the fused model's "
                 "own answer, cut after the fact, to the forget set (the path it really takes)"})
-    repair_paths: int = field(default=0, metadata={
-        "help": "stranger with paths: this many times during training (evenly spaced), the fused "
-                "model answers the forget questions greedily, and where an answer starts a value "
+    repair_paths: int = field(default=2, metadata={
+        "help": "stranger with paths and non-members: this many times during training (evenly "
+                "spaced), the fused model answers the forget questions greedily, and where an "
+                "answer starts a value "
                 "of the fact's kind and garbles it, the paths gain that value finished from the "
                 "token where the answer left it (the states the model really visits; 0 = off)"})
 
@@ -654,10 +658,6 @@ def train_offset(
                          "training (refusals, or the base's answers about non-members). Use it "
                          "with an objective such as npo_kl, npo_gd or ga, or a stranger objective "
                          "without non-members.")
-    if config.repair_paths and not (objective.needs_strangers and config.paths):
-        raise ValueError(f"repair_paths adds paths (answers finishing another value) as training "
-                         f"goes; it needs an objective with stranger targets and paths > 0, got "
-                         f"objective {objective.name!r} with paths={config.paths}.")
     if objective.needs_retain and not retain:
         raise ValueError(f"Objective {objective.name!r} needs a retain set; pass retain=... or pick "
                          "'ga' or 'npo'.")
@@ -725,8 +725,10 @@ def train_offset(
         if config.subject_states:
             groups.states = subject_states(groups.forget, answers, strangers, config.strangers,
                                            reference, config.top_layers, generator, prompt_format)
-    repairs = set()  # steps after which the fused model's own answers are repaired (repair_paths)
-    if config.repair_paths and nonmembers:
+    # Steps after which the fused model's own answers are repaired (repair_paths): a part of
+    # the stranger recipe, like its paths (which the repairs join).
+    repairs = set()
+    if config.repair_paths and objective.needs_strangers and config.paths and nonmembers:
         n = config.repair_paths
         repairs = {round(config.steps * j / (n + 1)) for j in range(1, n + 1)} - {0}
     offset = offset if offset is not None else make_offset(reference, config.lora_rank, config.top_layers)

@@ -60,10 +60,13 @@ CAPITALS_ALPHA = 0.75
 CAPITALS_DEAD_ZONE = 0.3
 # check_dead_zone: a user's --until-forgotten N checks the fused model as served (α 0.75, the
 # dead zone). Off by default: over three training seeds it did not forget more at the
-# world's fusion (benchmarks/twin_quality_tuning.md).
+# world's fusion (benchmarks/twin_quality_tuning.md). The stranger options are pinned to what
+# real_requests.md's stranger variants (`--set objective=stranger_kl ...`) were measured with.
 CAPITALS_CONFIG = TrainConfig(objective="npo_kl", steps=60, lr=1e-4, beta=0.1, alpha=1.0,
                               use_alpha=CAPITALS_ALPHA, batch_size=4, retain_batch_size=8,
-                              lora_rank=0, seed=0, contrast=0, check_dead_zone=CAPITALS_DEAD_ZONE)
+                              lora_rank=0, seed=0, contrast=0, contrast_kindred=0,
+                              value_starts=False, repair_paths=0,
+                              check_dead_zone=CAPITALS_DEAD_ZONE)
 
 
 def smollm2_path() -> Path:

@@ -47,8 +47,9 @@ ADAPTERS = ("knows_all", "retain_only", "small")
 # against the full copy at lr 1e-3 and at lr 1e-4: it kept the most held-out general facts.
 # The toy recipe as it was then (paths from the non-members too, no contrast): the numbers
 # of benchmarks/real_tofu.md were measured with it; the toy world's wave-8 recipe was not
-# tried here.
-OFFSET_CONFIG = TrainConfig(top_layers=2, paths_from_nonmembers=True, contrast=0)
+# tried here, nor its wave-19 one (value starts, kindred contrast, repairs: pinned off).
+OFFSET_CONFIG = TrainConfig(top_layers=2, paths_from_nonmembers=True, contrast=0, contrast_kindred=0,
+                            value_starts=False, repair_paths=0)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 

@@ -341,9 +341,9 @@ def test_repair_paths_finish_the_value_an_answer_started_and_garbled(pair, token
     assert repair_path_examples(tokenizer, groups.forget, alra, ["Alra was born in eight ."], {}) == []
 
 
-def test_repair_paths_run_during_training_and_need_stranger_paths(pair, tokenizer):
+def test_repair_paths_run_during_training_where_the_recipe_has_stranger_paths(pair, tokenizer):
     base, ref = pair
-    assert TrainConfig().repair_paths == 0
+    assert TrainConfig().repair_paths == 2  # the default recipe repairs twice (wave 19)
     nonmembers, forget = GORA_BLUE, ALRA_RED
     result = train_offset(base, ref, tokenizer, forget, RETAIN,
                           TrainConfig(objective="stranger", steps=6, repair_paths=2, batch_size=1),
@@ -355,13 +355,13 @@ def test_repair_paths_run_during_training_and_need_stranger_paths(pair, tokenize
                           TrainConfig(objective="stranger", steps=3, repair_paths=1, batch_size=1,
                                       paraphrased_answers=True), progress=False, nonmembers=nonmembers)
     assert [h["step"] for h in result.history if "repaired" in h] == [2]
-    with pytest.raises(ValueError, match="repair_paths .* needs an objective with stranger targets"):
-        train_offset(base, ref, tokenizer, forget, RETAIN, TrainConfig(objective="npo_gd", steps=2, repair_paths=1),
-                     progress=False, nonmembers=nonmembers)
-    with pytest.raises(ValueError, match="paths=0"):
-        train_offset(base, ref, tokenizer, forget, RETAIN,
-                     TrainConfig(objective="stranger", steps=2, repair_paths=1, paths=0),
-                     progress=False, nonmembers=nonmembers)
+    # Like the paths they join, repairs are part of the stranger recipe: an objective without
+    # stranger targets, a recipe without paths or training without non-members has none.
+    for config, members in [(TrainConfig(objective="npo_gd", steps=4, repair_paths=1), nonmembers),
+                            (TrainConfig(objective="stranger", steps=4, repair_paths=1, paths=0), nonmembers),
+                            (TrainConfig(objective="stranger", steps=4, repair_paths=1), ())]:
+        result = train_offset(base, ref, tokenizer, forget, RETAIN, config, progress=False, nonmembers=members)
+        assert len(result.history) == 4 and not any("repaired" in h for h in result.history)
     with pytest.raises(ValueError, match="--repair-paths must be ≥ 0"):
         TrainConfig(repair_paths=-1)
 
@@ -538,8 +538,8 @@ def test_stranger_paths_are_on_by_default_and_change_training(pair, tokenizer):
                          progress=False, nonmembers=nonmembers) for p, v in ((0, False), (2, False), (2, True))]
     a, b, c = (r.offset.state_dict() for r in runs)
     assert any(not torch.equal(a[k], b[k]) for k in a)
-    # value_starts (off by default) reshapes the targets, and so changes training too
-    assert not TrainConfig().value_starts and any(not torch.equal(b[k], c[k]) for k in b)
+    # value_starts (on by default since wave 25) reshapes the targets, and so changes training too
+    assert TrainConfig().value_starts and any(not torch.equal(b[k], c[k]) for k in b)
 
 
 @pytest.mark.parametrize("field, value, message", [

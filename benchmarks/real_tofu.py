@@ -21,6 +21,12 @@ forget, no gold model) and only then measured on the reported one (``--request f
 
     python benchmarks/real_tofu.py [--out FILE] [--tiny] [--request forget|tuning]
         [--set FIELD=VALUE ...] [--variant FIELD=VALUE[,FIELD=VALUE] ...] [--alphas A ...]
+        [--partner] [--no-offset]
+
+``--partner`` adds a row for the small partner alone (the reference offsets are copies of,
+read as a model of its own): whether what the fused model still knows — the truth ratios
+of paraphrased against perturbed answers — is known to the partner too, so that an offset
+could reach it. ``--no-offset`` trains nothing: the models as they are (a quick reading).
 """
 
 from __future__ import annotations
@@ -58,11 +64,13 @@ def tuning_request(lab, seed: int = TUNING_SEED):
 
 
 def run(tiny: bool = False, overrides: dict | None = None, request: str = "forget",
-        variants: list[dict] | None = None, alphas: list[float] = ()) -> tuple[list[str], dict]:
+        variants: list[dict] | None = None, alphas: list[float] = (),
+        partner: bool = False) -> tuple[list[str], dict]:
     """The table's Markdown rows and the numbers behind them ({model: {column: value}}):
-    the black box, one fused row per variant (TrainConfig overrides; default: one,
-    ``overrides``) and per extra strength in ``alphas`` (the same offset, used at that α),
-    and, on the ``forget`` request, the gold model."""
+    the black box, with ``partner`` the small partner alone, one fused row per variant
+    (TrainConfig overrides; default: one, ``overrides``; ``[]``: none) and per extra strength
+    in ``alphas`` (the same offset, used at that α), and, on the ``forget`` request, the gold
+    model."""
     import numpy as np
 
     from offsetlab.measure import metrics as M
@@ -121,7 +129,9 @@ def run(tiny: bool = False, overrides: dict | None = None, request: str = "forge
     base = measure(lab.model(), "black box (knows all)")
     gold = measure(lab.standalone(lab.gold), "gold (retain only)") if request == "forget" else None
     add_rows([base], gold)
-    for i, changes in enumerate(variants or [overrides or {}]):
+    if partner:
+        add_rows([measure(lab.standalone(lab.reference), "small partner alone")], gold)
+    for i, changes in enumerate([] if variants == [] else variants or [overrides or {}]):
         config = replace(lab.train_config, **{**changes, **({"steps": 2} if tiny else {})})
         t0 = time.perf_counter()
         name = lab.train(forget, retain, config=config, name=f"{request}-{i}")
@@ -149,12 +159,20 @@ def main(argv=None) -> int:
                    help="one fused row per --variant (each on top of --set)")
     p.add_argument("--alphas", nargs="*", type=float, default=[],
                    help="also measure each trained offset at these strengths")
+    p.add_argument("--no-offset", action="store_true",
+                   help="train nothing: only the black box (with --partner the partner) and gold")
+    p.add_argument("--partner", action="store_true",
+                   help="also measure the small partner alone (does it know what the fused model "
+                        "still knows?)")
     args = p.parse_args(argv)
     from offsetlab.method.train import config_overrides
 
     common = config_overrides(args.set)
     variants = [{**common, **config_overrides(v.split(","))} for v in args.variant] or [common]
-    rows, _ = run(args.tiny, request=args.request, variants=variants, alphas=args.alphas)
+    if args.no_offset:
+        variants = []
+    rows, _ = run(args.tiny, request=args.request, variants=variants, alphas=args.alphas,
+                  partner=args.partner)
     if args.out:
         args.out.write_text("\n".join(rows) + "\n")
     return 0

@@ -78,8 +78,9 @@ REAL_SCRIPTS = {
                          ["| works | (base) |", "| works | hand-written | 26 | 0.75 | 0.3 |",
                           "| request | set (the base's own answers) |", "| works, hand-written | forget | "]),
     # a --variant row: recipe changes are read as their TrainConfig types
-    "real_tofu.py": (["--variant", "top_layers=2,use_alpha=0.5"],
-                     ["| black box (knows all) |", "| fused (top_layers=2, use_alpha=0.5, α 0.50) |",
+    "real_tofu.py": (["--variant", "top_layers=2,use_alpha=0.5", "--partner"],
+                     ["| black box (knows all) |", "| small partner alone |",
+                      "| fused (top_layers=2, use_alpha=0.5, α 0.50) |",
                       "| gold (retain only) |", "| forget quality |", "| median truth ratio, never-taught |"]),
 }
 

@@ -24,7 +24,7 @@ forget, no gold model) and only then measured on the reported one (``--request f
         [--partner] [--no-offset]
 
 ``--partner`` adds a row for the small partner alone (the reference offsets are copies of,
-read as a model of its own): whether what the fused model still knows — the truth ratios
+read as a model of its own), and one for each trained copy alone: whether what the fused model still knows — the truth ratios
 of paraphrased against perturbed answers — is known to the partner too, so that an offset
 could reach it. ``--no-offset`` trains nothing: the models as they are (a quick reading).
 """
@@ -140,6 +140,9 @@ def run(tiny: bool = False, overrides: dict | None = None, request: str = "forge
         for alpha in [lab.offsets[name].alpha, *alphas]:
             add_rows([measure(lab.model([(name, alpha)]), f"fused ({changed}, α {alpha:.2f})")], gold,
                      f"{seconds:.0f}")
+        if partner:  # the trained copy read alone, beside the partner it was copied from
+            add_rows([measure(lab.standalone(lab.offsets[name].model), f"trained copy alone ({changed})")],
+                     gold, f"{seconds:.0f}")
         del lab.offsets[name]  # one trained copy in memory at a time
     if gold is not None:
         add_rows([gold], gold)
@@ -162,8 +165,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-offset", action="store_true",
                    help="train nothing: only the black box (with --partner the partner) and gold")
     p.add_argument("--partner", action="store_true",
-                   help="also measure the small partner alone (does it know what the fused model "
-                        "still knows?)")
+                   help="also measure the small partner alone and each trained copy alone (does "
+                        "the partner know what the fused model still knows, and how far did "
+                        "training move it?)")
     args = p.parse_args(argv)
     from offsetlab.method.train import config_overrides
 

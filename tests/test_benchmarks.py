@@ -80,6 +80,7 @@ REAL_SCRIPTS = {
     # a --variant row: recipe changes are read as their TrainConfig types
     "real_tofu.py": (["--variant", "top_layers=2,use_alpha=0.5", "--partner"],
                      ["| black box (knows all) |", "| small partner alone |",
+                      "| trained copy alone (top_layers=2, use_alpha=0.5) |",
                       "| fused (top_layers=2, use_alpha=0.5, α 0.50) |",
                       "| gold (retain only) |", "| forget quality |", "| median truth ratio, never-taught |"]),
 }

@@ -21,12 +21,14 @@ forget, no gold model) and only then measured on the reported one (``--request f
 
     python benchmarks/real_tofu.py [--out FILE] [--tiny] [--request forget|tuning]
         [--set FIELD=VALUE ...] [--variant FIELD=VALUE[,FIELD=VALUE] ...] [--alphas A ...]
-        [--partner] [--no-offset]
+        [--partner] [--no-offset] [--records FILE]
 
 ``--partner`` adds a row for the small partner alone (the reference offsets are copies of,
 read as a model of its own), and one for each trained copy alone: whether what the fused model still knows — the truth ratios
 of paraphrased against perturbed answers — is known to the partner too, so that an offset
 could reach it. ``--no-offset`` trains nothing: the models as they are (a quick reading).
+``--records FILE`` writes every row's per-record truth ratios and key facts (JSON lines), to
+compare models record by record.
 """
 
 from __future__ import annotations
@@ -65,12 +67,12 @@ def tuning_request(lab, seed: int = TUNING_SEED):
 
 def run(tiny: bool = False, overrides: dict | None = None, request: str = "forget",
         variants: list[dict] | None = None, alphas: list[float] = (),
-        partner: bool = False) -> tuple[list[str], dict]:
+        partner: bool = False, records: list | None = None) -> tuple[list[str], dict]:
     """The table's Markdown rows and the numbers behind them ({model: {column: value}}):
     the black box, with ``partner`` the small partner alone, one fused row per variant
     (TrainConfig overrides; default: one, ``overrides``; ``[]``: none) and per extra strength
     in ``alphas`` (the same offset, used at that α), and, on the ``forget`` request, the gold
-    model."""
+    model. Each report's per-record rows are appended to ``records`` when it is given."""
     import numpy as np
 
     from offsetlab.measure import metrics as M
@@ -109,6 +111,8 @@ def run(tiny: bool = False, overrides: dict | None = None, request: str = "forge
     numbers: dict = {}
 
     def add_rows(reports, gold, seconds=None):
+        if records is not None:
+            records.extend({"model": r.name, **row} for r in reports for row in r.rows)
         table = compare(reports, gold=gold)
         # Label-free: do the forget authors' truth ratios spread like those of the authors
         # nobody was taught? (gold's forget quality asks the same of gold's forget set)
@@ -162,6 +166,7 @@ def main(argv=None) -> int:
                    help="one fused row per --variant (each on top of --set)")
     p.add_argument("--alphas", nargs="*", type=float, default=[],
                    help="also measure each trained offset at these strengths")
+    p.add_argument("--records", type=Path, help="write every row's per-record results here (JSON lines)")
     p.add_argument("--no-offset", action="store_true",
                    help="train nothing: only the black box (with --partner the partner) and gold")
     p.add_argument("--partner", action="store_true",
@@ -175,8 +180,14 @@ def main(argv=None) -> int:
     variants = [{**common, **config_overrides(v.split(","))} for v in args.variant] or [common]
     if args.no_offset:
         variants = []
+    per_record: list | None = [] if args.records else None
     rows, _ = run(args.tiny, request=args.request, variants=variants, alphas=args.alphas,
-                  partner=args.partner)
+                  partner=args.partner, records=per_record)
+    if args.records:
+        import json
+
+        args.records.write_text("".join(json.dumps(r, ensure_ascii=False, default=float) + "\n"
+                                        for r in per_record))
     if args.out:
         args.out.write_text("\n".join(rows) + "\n")
     return 0

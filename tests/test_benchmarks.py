@@ -1,6 +1,7 @@
 """Every benchmark script runs, in a tiny mode, so that none can rot (the numbers are the
 benchmark's to print, never asserted here)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -92,10 +93,17 @@ REAL_SCRIPTS = {
 def test_each_real_model_benchmark_runs_in_a_tiny_mode_and_writes_its_table(script, tmp_path):
     out = tmp_path / "table.md"
     args, rows = REAL_SCRIPTS[script]
+    records = tmp_path / "records.jsonl"
+    if script == "real_tofu.py":  # every row's per-record results, to compare models record by record
+        args = [*args, "--records", str(records)]
     stdout = run([str(ROOT / "benchmarks" / script), "--tiny", *args, "--out", str(out)], tmp_path)
     table = out.read_text()
     for row in rows:
         assert row in table and row in stdout, (row, table)
+    if script == "real_tofu.py":
+        lines = [json.loads(line) for line in records.read_text().splitlines()]
+        assert {"black box (knows all)", "small partner alone"} <= {r["model"] for r in lines}
+        assert all("truth_ratio" in r and "split" in r for r in lines)
 
 
 @pytest.mark.slow

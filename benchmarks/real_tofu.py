@@ -23,10 +23,10 @@ forget, no gold model) and only then measured on the reported one (``--request f
         [--set FIELD=VALUE ...] [--variant FIELD=VALUE[,FIELD=VALUE] ...] [--alphas A ...]
         [--partner] [--no-offset] [--records FILE]
 
-``--partner`` adds a row for the small partner alone (the reference offsets are copies of,
-read as a model of its own), and one for each trained copy alone: whether what the fused model still knows — the truth ratios
-of paraphrased against perturbed answers — is known to the partner too, so that an offset
-could reach it. ``--no-offset`` trains nothing: the models as they are (a quick reading).
+``--partner`` adds a row for the small partner alone (the reference every offset is a copy
+of, read as a model of its own) and one for each trained copy alone: does the partner know
+what the fused model still knows (the truth ratios of paraphrased against perturbed
+answers), and how far did training move the copy? ``--no-offset`` trains nothing: the models as they are (a quick reading).
 ``--records FILE`` writes every row's per-record truth ratios and key facts (JSON lines), to
 compare models record by record.
 """
@@ -135,7 +135,7 @@ def run(tiny: bool = False, overrides: dict | None = None, request: str = "forge
     add_rows([base], gold)
     if partner:
         add_rows([measure(lab.standalone(lab.reference), "small partner alone")], gold)
-    for i, changes in enumerate([] if variants == [] else variants or [overrides or {}]):
+    for i, changes in enumerate(variants if variants is not None else [overrides or {}]):
         config = replace(lab.train_config, **{**changes, **({"steps": 2} if tiny else {})})
         t0 = time.perf_counter()
         name = lab.train(forget, retain, config=config, name=f"{request}-{i}")

@@ -93,8 +93,8 @@ REAL_SCRIPTS = {
 def test_each_real_model_benchmark_runs_in_a_tiny_mode_and_writes_its_table(script, tmp_path):
     out = tmp_path / "table.md"
     args, rows = REAL_SCRIPTS[script]
-    records = tmp_path / "records.jsonl"
-    if script == "real_tofu.py":  # every row's per-record results, to compare models record by record
+    records = tmp_path / "records.jsonl"  # real_tofu.py: every row's per-record results
+    if script == "real_tofu.py":
         args = [*args, "--records", str(records)]
     stdout = run([str(ROOT / "benchmarks" / script), "--tiny", *args, "--out", str(out)], tmp_path)
     table = out.read_text()

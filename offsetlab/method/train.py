@@ -173,9 +173,9 @@ class TrainConfig:
     repair_paths: int = field(default=2, metadata={
         "help": "stranger with paths and non-members: this many times during training (evenly "
                 "spaced), the fused model answers the forget questions greedily, and where an "
-                "answer starts a value "
-                "of the fact's kind and garbles it, the paths gain that value finished from the "
-                "token where the answer left it (the states the model really visits; 0 = off)"})
+                "answer starts a value of the fact's kind and garbles it, the paths gain that "
+                "value finished from the token where the answer left it (the states the model "
+                "really visits; 0 = off; other recipes skip it)"})
 
     def __post_init__(self):
         """Refuse settings that cannot train, naming the option — every front end builds
